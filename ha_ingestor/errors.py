@@ -1,0 +1,64 @@
+"""Error classes and the documented process exit codes.
+
+Loops catch only the classes defined here; library exceptions are turned into one of them at the
+boundary where they happen (the MQTT client, the WebSocket, the InfluxDB HTTP call, the queue file).
+"""
+
+from __future__ import annotations
+
+# Exit codes. Container restart policies and the supervisor rely on these values.
+EXIT_OK = 0            # clean stop (signal or end of work)
+EXIT_FAILURE = 1       # unexpected error: a bug or an unclassified failure; restart is reasonable
+EXIT_CONFIG = 2        # bad configuration or command-line usage: restarting will not help
+EXIT_AUTH = 3          # the source or sink refused our credentials: restarting will not help
+EXIT_QUEUE = 4         # the queue file is unusable (corrupt, not SQLite, no permission)
+EXIT_KILLED = 130      # second signal: stopped at once without draining
+
+EXIT_CODES = {
+    EXIT_OK: "clean stop",
+    EXIT_FAILURE: "unexpected error (see the log); safe to restart",
+    EXIT_CONFIG: "bad configuration or usage; fix the config before restarting",
+    EXIT_AUTH: "authentication refused by the broker, Home Assistant or InfluxDB",
+    EXIT_QUEUE: "the queue file cannot be opened or is corrupt",
+    EXIT_KILLED: "stopped at once by a second signal",
+}
+
+
+class IngestorError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigError(IngestorError):
+    """Invalid configuration. The message names the dotted key and the bad value."""
+
+    exit_code = EXIT_CONFIG
+
+
+class AuthError(IngestorError):
+    """A source or sink refused our credentials; retrying quickly will not help."""
+
+    exit_code = EXIT_AUTH
+
+
+class QueueError(IngestorError):
+    """The queue file is unusable (corrupt, not SQLite, unwritable). The message names the file."""
+
+    exit_code = EXIT_QUEUE
+
+
+class QueueFull(IngestorError):
+    """Appending would take the queue past ``queue.max_bytes``; nothing was written."""
+
+
+class TransientError(IngestorError):
+    """Worth retrying later with backoff: network errors, timeouts, 5xx, 429."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(IngestorError):
+    """Retrying the same input will fail the same way (400, 422, malformed data)."""
