@@ -66,6 +66,12 @@ WRITE_LATENCY = Histogram("ha_ingestor_write_latency_seconds", "Duration of one 
 WRITE_RETRIES = Counter("ha_ingestor_write_retries_total", "InfluxDB writes retried", ["reason"])
 INFLUX_UP = Gauge("ha_ingestor_influxdb_up", "1 when the last InfluxDB write succeeded")
 
+# Supervisor (ha-ingestor run)
+CHILD_UP = Gauge("ha_ingestor_child_up", "1 while the supervised component's process runs",
+                 ["component"])
+CHILD_RESTARTS = Counter("ha_ingestor_child_restarts_total",
+                         "Times the supervisor restarted a component that exited", ["component"])
+
 
 class _Handler(BaseHTTPRequestHandler):
     ready: Callable[[], bool] = staticmethod(lambda: True)
