@@ -1,0 +1,3 @@
+from ha_ingestor.cli import main
+
+main()

@@ -1,0 +1,313 @@
+"""The ``ha-ingestor`` command line: one entry point for every process and every inspection.
+
+Exit codes are listed in ``ha_ingestor.errors`` and in ``ha-ingestor --help``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+import yaml
+
+from ha_ingestor import __version__, queue
+from ha_ingestor.config import default_config_path, load_config, load_queue_config, redacted
+from ha_ingestor.envelope import SOURCES, describe
+from ha_ingestor.errors import (EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, ConfigError, IngestorError,
+                                QueueError)
+from ha_ingestor.lifecycle import StopFlag
+from ha_ingestor.logs import FORMATS, LEVELS, setup_logging
+
+log = logging.getLogger("ha_ingestor")
+
+ENTRY_POINTS = {"mqtt": "collectors.mqtt", "ha": "collectors.homeassistant", "writer": "writer"}
+EXIT_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+
+
+class Context:
+    def __init__(self, config_path: Path | None, log_level: str, log_format: str):
+        self.config_path = config_path
+        self.log_level = log_level
+        self.log_format = log_format
+        self._config = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(epilog=EXIT_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Config file (default: $HA_INGESTOR_CONFIG, then "
+                                 "./ha-ingestor.yaml).")
+@click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True)
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.version_option(__version__, prog_name="ha-ingestor")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format: str) -> None:
+    """HA Ingestor: Home Assistant's MQTT broker and event bus into InfluxDB, losing nothing."""
+    ctx.obj = Context(config_path or default_config_path(), log_level, log_format)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False, prog_name="ha-ingestor")
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_CONFIG)     # usage errors share the "bad config or usage" code
+    except IngestorError as exc:
+        _fail(str(exc), exc.exit_code)
+    sys.exit(0)
+
+
+# ---- processes ----------------------------------------------------------------------------
+
+def _run_component(ctx: Context, name: str) -> None:
+    setup_logging(ctx.log_level, ctx.log_format, name)
+    config = ctx.config
+    stop = StopFlag().install()
+    try:
+        module = importlib.import_module(ENTRY_POINTS[name])
+        code = module.run(config, stop)
+    except IngestorError as exc:
+        log.error("%s", exc)
+        code = exc.exit_code
+    except Exception:  # a bug: log it whole and exit non-zero so the supervisor restarts us
+        log.exception("%s stopped on an unexpected error", name)
+        code = EXIT_FAILURE
+    sys.exit(code)
+
+
+@cli.group()
+def collect() -> None:
+    """Run a collector (source → durable queue)."""
+
+
+@collect.command("mqtt")
+@click.pass_obj
+def collect_mqtt(ctx: Context) -> None:
+    """Run the MQTT collector: every message on the broker into <queue.dir>/mqtt.db."""
+    _run_component(ctx, "mqtt")
+
+
+@collect.command("ha")
+@click.pass_obj
+def collect_ha(ctx: Context) -> None:
+    """Run the Home Assistant WebSocket collector into <queue.dir>/ha.db."""
+    _run_component(ctx, "ha")
+
+
+@cli.command("write")
+@click.pass_obj
+def write(ctx: Context) -> None:
+    """Run the writer: queue files → InfluxDB."""
+    _run_component(ctx, "writer")
+
+
+@cli.command("run")
+@click.pass_obj
+def run(ctx: Context) -> None:
+    """Run every enabled component as its own child process under one supervisor."""
+    setup_logging(ctx.log_level, ctx.log_format, "run")
+    config = ctx.config
+    stop = StopFlag().install()
+    from ha_ingestor import supervisor
+    sys.exit(supervisor.run(config, stop, child_argv(ctx, config.enabled_components())))
+
+
+def child_argv(ctx: Context, components: list[str]) -> dict[str, list[str]]:
+    """The command line of each child process of ``run``."""
+    base = [sys.executable, "-m", "ha_ingestor", "--log-level", ctx.log_level,
+            "--log-format", ctx.log_format]
+    if ctx.config_path:
+        base += ["--config", str(ctx.config_path)]
+    tail = {"mqtt": ["collect", "mqtt"], "ha": ["collect", "ha"], "writer": ["write"]}
+    return {name: base + tail[name] for name in components}
+
+
+# ---- config -------------------------------------------------------------------------------
+
+@cli.group("config")
+def config_group() -> None:
+    """Validate or print the configuration."""
+
+
+@config_group.command("check")
+@click.pass_obj
+def config_check(ctx: Context) -> None:
+    """Validate the configuration; exit 2 with the offending key if it is invalid."""
+    config = ctx.config
+    where = config.source or "defaults and environment (no config file)"
+    click.echo(f"config OK: {where}; components: {', '.join(config.enabled_components())}")
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@click.pass_obj
+def config_show(ctx: Context, as_json: bool) -> None:
+    """Print the effective configuration with secrets shown as ***."""
+    data = redacted(ctx.config)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+# ---- queue --------------------------------------------------------------------------------
+
+def _queue_dir(ctx: Context, override: Path | None) -> Path:
+    return override if override else load_queue_config(ctx.config_path).dir
+
+
+def _sources(source: str | None) -> tuple[str, ...]:
+    return (source,) if source else SOURCES
+
+
+queue_dir_option = click.option("--queue-dir", type=click.Path(file_okay=False, path_type=Path),
+                                 default=None, help="Queue directory (default: queue.dir).")
+source_option = click.option("--source", type=click.Choice(SOURCES), default=None,
+                             help="Only this queue (default: every queue).")
+
+
+@cli.group("queue")
+def queue_group() -> None:
+    """Inspect and repair the durable queues. Safe while collectors and the writer run."""
+
+
+@queue_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for monitoring scripts.")
+@queue_dir_option
+@click.pass_obj
+def queue_status(ctx: Context, as_json: bool, queue_dir: Path | None) -> None:
+    """Per queue: events ready, in flight, dead letters, oldest event age, bytes on disk."""
+    qdir = _queue_dir(ctx, queue_dir)
+    statuses = {source: queue.read_status(qdir, source) for source in SOURCES}
+    empty = queue.QueueStatus(0, 0, 0, None, 0)
+    if as_json:
+        click.echo(json.dumps({"queues": {s: (st or empty).as_dict()
+                                          for s, st in statuses.items()}}))
+        return
+    if not qdir.exists():
+        click.echo(f"queue directory {qdir} does not exist yet (no collector has run): "
+                   f"nothing queued")
+        return
+    click.echo(f"queue directory {qdir}")
+    click.echo(f"{'queue':<6} {'ready':>10} {'in flight':>10} {'dead':>8} {'oldest':>10} "
+               f"{'on disk':>10}")
+    for source, st in statuses.items():
+        if st is None:
+            click.echo(f"{source:<6} {'(no queue file yet)':>30}")
+            continue
+        click.echo(f"{source:<6} {st.ready:>10} {st.in_flight:>10} {st.dead:>8} "
+                   f"{_age(st.oldest_age_s):>10} {_size(st.bytes):>10}")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, width in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= width:
+            return f"{seconds / width:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+def _size(count: int) -> str:
+    for unit, width in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= width:
+            return f"{count / width:.1f}{unit}"
+    return f"{count}B"
+
+
+@queue_group.command("peek")
+@source_option
+@click.option("-n", "--limit", default=10, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole envelopes as JSON lines.")
+@queue_dir_option
+@click.pass_obj
+def queue_peek(ctx: Context, source: str | None, limit: int, as_json: bool,
+               queue_dir: Path | None) -> None:
+    """Show the oldest queued events without taking them."""
+    qdir = _queue_dir(ctx, queue_dir)
+    for src in _sources(source):
+        events = queue.peek(qdir, src, limit)
+        if not as_json:
+            click.echo(f"{src}: {len(events)} oldest event(s)")
+        for event in events:
+            click.echo(json.dumps(event) if as_json else f"  {_stamp(event)} {describe(event)}")
+
+
+def _stamp(event: dict) -> str:
+    rx = event.get("rx")
+    if not isinstance(rx, int):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(rx / 1e9)) + "Z"
+
+
+@queue_group.command("dead")
+@source_option
+@click.option("--json", "as_json", is_flag=True, help="JSON lines with the whole event.")
+@click.option("-n", "--limit", default=None, type=click.IntRange(1), help="At most this many.")
+@queue_dir_option
+@click.pass_obj
+def queue_dead(ctx: Context, source: str | None, as_json: bool, limit: int | None,
+               queue_dir: Path | None) -> None:
+    """List dead letters: events that could not be written, with the reason."""
+    qdir = _queue_dir(ctx, queue_dir)
+    total = 0
+    for src in _sources(source):
+        for letter in queue.list_dead(qdir, src, limit):
+            total += 1
+            if as_json:
+                click.echo(json.dumps({"id": letter.id, "source": src, "reason": letter.reason,
+                                       "at": letter.at, "event": letter.event}))
+            else:
+                click.echo(f"{src} #{letter.id} {describe(letter.event)}: {letter.reason}")
+    if not as_json:
+        click.echo(f"{total} dead letter(s)")
+
+
+@queue_group.command("requeue-dead")
+@source_option
+@click.option("--id", "ids", multiple=True, type=int, help="Only these dead letters (repeat).")
+@queue_dir_option
+@click.pass_obj
+def queue_requeue_dead(ctx: Context, source: str | None, ids: tuple[int, ...],
+                       queue_dir: Path | None) -> None:
+    """Put dead letters back into their queue (after fixing what rejected them)."""
+    qdir = _queue_dir(ctx, queue_dir)
+    for src in _sources(source):
+        count = queue.requeue_dead(qdir, src, ids or None)
+        click.echo(f"{src}: requeued {count} dead letter(s)")
+
+
+@queue_group.command("purge")
+@source_option
+@click.option("--dead", is_flag=True, help="Also delete the dead letters.")
+@click.option("--yes", is_flag=True, help="Required: confirms that queued events are deleted.")
+@queue_dir_option
+@click.pass_obj
+def queue_purge(ctx: Context, source: str | None, dead: bool, yes: bool,
+                queue_dir: Path | None) -> None:
+    """Delete queued events that were not written yet. They are lost: requires --yes."""
+    if not yes:
+        raise click.UsageError("queue purge deletes queued events for good; add --yes")
+    qdir = _queue_dir(ctx, queue_dir)
+    for src in _sources(source):
+        click.echo(f"{src}: deleted {queue.purge(qdir, src, dead)} event(s)")
+
+
+__all__ = ["cli", "main", "child_argv", "ConfigError", "QueueError"]

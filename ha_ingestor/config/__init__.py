@@ -1,0 +1,132 @@
+"""Configuration: YAML + environment → one frozen ``Config``, validated once at start-up.
+
+    config = load_config("ha-ingestor.yaml")
+    config.mqtt.port, config.queue.dir, config.influxdb.flush_interval
+
+Errors are ``ConfigError`` naming the dotted key and the bad value (exit code 2).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from ha_ingestor.config import loader, model
+from ha_ingestor.config.model import (COMPONENTS, Config, HomeAssistantConfig, InfluxConfig,
+                                      MetricsConfig, MqttConfig, QueueConfig, RunConfig,
+                                      TlsConfig)
+from ha_ingestor.errors import ConfigError
+
+__all__ = ["COMPONENTS", "Config", "ConfigError", "HomeAssistantConfig", "InfluxConfig",
+           "MetricsConfig", "MqttConfig", "QueueConfig", "RunConfig", "TlsConfig",
+           "default_config_path", "load_config", "load_queue_config", "redacted", "reference_rows"]
+
+CONFIG_ENV = "HA_INGESTOR_CONFIG"
+DEFAULT_FILE = "ha-ingestor.yaml"
+REDACTED = "***"
+
+
+def default_config_path(env: Mapping[str, str] | None = None) -> Path | None:
+    """``$HA_INGESTOR_CONFIG``, else ``./ha-ingestor.yaml`` if it exists, else None (defaults and
+    environment only)."""
+    env = os.environ if env is None else env
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return Path(DEFAULT_FILE) if Path(DEFAULT_FILE).exists() else None
+
+
+def _read_raw(path: Path | str | None, env: Mapping[str, str] | None) -> dict:
+    env = dict(os.environ if env is None else env)
+    raw = loader.read_yaml(Path(path) if path else None)
+    raw = loader.substitute_env(raw, env)
+    raw = loader.apply_env_overrides(raw, env)
+    return loader.resolve_secret_files(raw)
+
+
+def load_queue_config(path: Path | str | None, env: Mapping[str, str] | None = None
+                      ) -> QueueConfig:
+    """Only the ``queue:`` section: what the ``queue`` inspection commands need, so they work even
+    where another section (a missing token, say) would stop a collector."""
+    return model.build_section("queue", _read_raw(path, env).get("queue"))
+
+
+def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute, override, validate. Raises ConfigError."""
+    raw = _read_raw(path, env)
+    for section in raw:
+        if section not in model.KNOWN_SECTIONS:
+            raise ConfigError(f"{section} is not a known section "
+                              f"(known: {', '.join(model.KNOWN_SECTIONS)})")
+    config = Config(
+        queue=model.build_section("queue", raw.get("queue")),
+        mqtt=model.build_section("mqtt", raw.get("mqtt")),
+        homeassistant=model.build_section("homeassistant", raw.get("homeassistant")),
+        influxdb=model.build_section("influxdb", raw.get("influxdb")),
+        schema=_build_schema(raw.get("schema")),
+        metrics=model.build_metrics(raw.get("metrics")),
+        run=model.build_section("run", raw.get("run")),
+        source=str(path) if path else None,
+    )
+    model.check_consistency(config)
+    return config
+
+
+def _build_schema(raw: Any):
+    from ha_ingestor.config.schema import build_schema
+    return build_schema(raw, "schema")
+
+
+def redacted(config: Config) -> dict:
+    """The effective config as plain data with every secret replaced by ``***``."""
+    return _plain(config, ())
+
+
+def _plain(value: Any, path: tuple[str, ...]) -> Any:
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name), path + (f.name,)) for f in fields(value)
+                if f.name != "source"}
+    if isinstance(value, dict):
+        return {k: _plain(v, path + (str(k),)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, path) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if value is not None and path and _is_secret(path[-1]):
+        return REDACTED
+    return value
+
+
+def _is_secret(name: str) -> bool:
+    return name in ("password", "token") or name.endswith(("_password", "_token"))
+
+
+def reference_rows() -> list[tuple[str, str, str, str, str]]:
+    """Every key as (dotted key, type, default, environment variable, description), for the
+    configuration reference in docs/configuration.md."""
+    rows = []
+    for section, keys in model.SECTIONS.items():
+        for key in keys:
+            rows.append(_row(f"{section}.{key.name}", key))
+        if section in model.TLS_SECTIONS:
+            rows.extend(_row(f"{section}.tls.{key.name}", key) for key in model.TLS_KEYS)
+        if section == "metrics":
+            for name, port in model.METRICS_PORTS.items():
+                rows.append((f"metrics.ports.{name}", "port", str(port),
+                             _env_name(f"metrics.ports.{name}"),
+                             f"Port of the `{name}` process's endpoints (0 disables)."))
+    return rows
+
+
+def _row(dotted: str, key: model.Key) -> tuple[str, str, str, str, str]:
+    kind = getattr(key.parse, "__name__", "value").removeprefix("as_").replace("_", " ")
+    default = key.shown_default or ("" if key.default is None else
+                                    str(key.default) if not isinstance(key.default, list)
+                                    else "[" + ", ".join(key.default) + "]")
+    doc = key.doc + (" Secret: shown as `***` by `config show`." if key.secret else "")
+    return dotted, kind, default, _env_name(dotted), doc
+
+
+def _env_name(dotted: str) -> str:
+    return loader.ENV_PREFIX + "__".join(part.upper() for part in dotted.split("."))

@@ -1,0 +1,361 @@
+"""The ``schema:`` section: how events become InfluxDB points (read by the writer only).
+
+Three parts, each optional::
+
+    schema:
+      state_changed:         # Home Assistant's own influxdb integration options, same names
+        include: {domains: [], entities: [], entity_globs: []}
+        exclude: {domains: [], entities: [], entity_globs: []}
+        measurement_attr: unit_of_measurement   # or domain__device_class, entity_id
+        default_measurement: null
+        override_measurement: null
+        tags: {}
+        tags_attributes: []
+        ignore_attributes: []
+        component_config: {sensor.x: {override_measurement: .., ignore_attributes: [..]}}
+        component_config_domain: {}
+        component_config_glob: {}
+        datetime_attributes: [last_triggered]
+      events:                # every other HA event type
+        enabled: true
+        measurement: ha_events
+        include: []          # event types; empty = all
+        exclude: []
+      mqtt:
+        presets: []          # zigbee2mqtt, tasmota, esphome, mqtt_statestream
+        rules: []            # {topic, measurement, tags, format, field, match, skip}
+        measurement: mqtt    # for topics no rule matches
+        format: auto         # json, value or auto
+        topic_tag: topic
+        retain_tag: retained
+        bools: float         # float (1.0/0.0) or string
+
+Built once at start-up into frozen dataclasses; every error names the dotted key and the value.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ha_ingestor.config.values import (as_bool, as_choice, as_mapping, as_opt_str, as_str,
+                                       as_str_list, fail)
+from ha_ingestor.errors import ConfigError
+
+MEASUREMENT_ATTRS = ("unit_of_measurement", "domain__device_class", "entity_id")
+MQTT_FORMATS = ("json", "value", "auto")
+MQTT_PRESETS = ("zigbee2mqtt", "tasmota", "esphome", "mqtt_statestream")
+MQTT_BOOLS = ("float", "string")
+_TEMPLATE_REF = re.compile(r"\{([^{}]*)\}")
+_ENTITY_ID = re.compile(r"^(?!.+__)(?!_)[\da-z_]+(?<!_)\.(?!_)[\da-z_]+(?<!_)$")
+
+
+@dataclass(frozen=True)
+class EntityFilter:
+    domains: tuple[str, ...] = ()
+    entities: tuple[str, ...] = ()
+    entity_globs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EntityOverride:
+    """One ``component_config*`` entry."""
+
+    override_measurement: str | None = None
+    ignore_attributes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StateChangedSchema:
+    """HA's influxdb integration options; the defaults are HA's defaults."""
+
+    enabled: bool = True
+    include: EntityFilter = EntityFilter()
+    exclude: EntityFilter = EntityFilter()
+    measurement_attr: str = "unit_of_measurement"
+    default_measurement: str | None = None
+    override_measurement: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    tags_attributes: tuple[str, ...] = ()
+    ignore_attributes: tuple[str, ...] = ()
+    component_config: tuple[tuple[str, EntityOverride], ...] = ()
+    component_config_domain: tuple[tuple[str, EntityOverride], ...] = ()
+    component_config_glob: tuple[tuple[str, EntityOverride], ...] = ()
+    # Attributes HA holds as datetime objects: HA's integration writes str(datetime) ("2024-03-01
+    # 10:00:00+00:00") while the WebSocket carries isoformat ("...T..."); these are converted back.
+    datetime_attributes: tuple[str, ...] = ("last_triggered",)
+
+
+@dataclass(frozen=True)
+class EventsSchema:
+    enabled: bool = True
+    measurement: str = "ha_events"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MqttRule:
+    """``topic``: MQTT filter whose ``+``/``#`` may carry a name (``+device``, ``#rest``);
+    ``measurement``, tag values and ``field`` are templates over those names and ``{topic}``."""
+
+    topic: str
+    measurement: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    format: str | None = None
+    field: str = "value"
+    match: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    skip: bool = False
+
+
+@dataclass(frozen=True)
+class MqttPreset:
+    name: str
+    prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class MqttSchema:
+    enabled: bool = True
+    presets: tuple[MqttPreset, ...] = ()
+    rules: tuple[MqttRule, ...] = ()
+    measurement: str = "mqtt"
+    format: str = "auto"
+    topic_tag: str | None = "topic"
+    retain_tag: str | None = "retained"
+    bools: str = "float"
+    separator: str = "_"
+
+
+@dataclass(frozen=True)
+class SchemaConfig:
+    state_changed: StateChangedSchema = field(default_factory=StateChangedSchema)
+    events: EventsSchema = field(default_factory=EventsSchema)
+    mqtt: MqttSchema = field(default_factory=MqttSchema)
+
+
+def build_schema(raw: dict | None, key_prefix: str = "schema") -> SchemaConfig:
+    """Validate the ``schema:`` mapping. Raises ConfigError naming the dotted key and value."""
+    raw = as_mapping(key_prefix, raw)
+    _no_unknown(key_prefix, raw, ("state_changed", "events", "mqtt"))
+    return SchemaConfig(
+        state_changed=_state_changed(f"{key_prefix}.state_changed", raw.get("state_changed")),
+        events=_events(f"{key_prefix}.events", raw.get("events")),
+        mqtt=_mqtt(f"{key_prefix}.mqtt", raw.get("mqtt")))
+
+
+def _no_unknown(key: str, raw: dict, known: tuple[str, ...], hint: str = "") -> None:
+    unknown = [k for k in raw if k not in known]
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key (known: {', '.join(known)}){hint}")
+
+
+# ---- state_changed ------------------------------------------------------------------------------
+
+_STATE_KEYS = ("enabled", "include", "exclude", "measurement_attr", "default_measurement",
+               "override_measurement", "tags", "tags_attributes", "ignore_attributes",
+               "component_config", "component_config_domain", "component_config_glob",
+               "datetime_attributes")
+_CONNECTION_KEYS = ("host", "port", "path", "ssl", "verify_ssl", "ssl_ca_cert", "api_version",
+                    "username", "password", "database", "token", "organization", "bucket",
+                    "precision", "max_retries")
+
+
+def _state_changed(key: str, raw: Any) -> StateChangedSchema:
+    raw = as_mapping(key, raw)
+    connection = [k for k in raw if k in _CONNECTION_KEYS]
+    if connection:
+        raise ConfigError(f"{key}.{connection[0]}: connection settings belong in the influxdb: "
+                          f"section, not in {key}")
+    _no_unknown(key, raw, _STATE_KEYS)
+    defaults = StateChangedSchema()
+    return StateChangedSchema(
+        enabled=as_bool(f"{key}.enabled", raw.get("enabled", True)),
+        include=_entity_filter(f"{key}.include", raw.get("include")),
+        exclude=_entity_filter(f"{key}.exclude", raw.get("exclude")),
+        measurement_attr=as_choice(f"{key}.measurement_attr",
+                                   raw.get("measurement_attr", defaults.measurement_attr),
+                                   MEASUREMENT_ATTRS),
+        default_measurement=as_opt_str(f"{key}.default_measurement",
+                                       raw.get("default_measurement")),
+        override_measurement=as_opt_str(f"{key}.override_measurement",
+                                        raw.get("override_measurement")),
+        tags=_str_pairs(f"{key}.tags", raw.get("tags")),
+        tags_attributes=as_str_list(f"{key}.tags_attributes", raw.get("tags_attributes")),
+        ignore_attributes=as_str_list(f"{key}.ignore_attributes", raw.get("ignore_attributes")),
+        component_config=_overrides(f"{key}.component_config", raw.get("component_config"),
+                                    entity_ids=True),
+        component_config_domain=_overrides(f"{key}.component_config_domain",
+                                           raw.get("component_config_domain")),
+        component_config_glob=_overrides(f"{key}.component_config_glob",
+                                         raw.get("component_config_glob")),
+        datetime_attributes=as_str_list(f"{key}.datetime_attributes",
+                                        raw.get("datetime_attributes",
+                                                list(defaults.datetime_attributes))))
+
+
+def _entity_filter(key: str, raw: Any) -> EntityFilter:
+    raw = as_mapping(key, raw)
+    _no_unknown(key, raw, ("domains", "entities", "entity_globs"))
+    entities = as_str_list(f"{key}.entities", raw.get("entities"))
+    for i, entity_id in enumerate(entities):
+        _check_entity_id(f"{key}.entities[{i}]", entity_id)
+    return EntityFilter(domains=as_str_list(f"{key}.domains", raw.get("domains")),
+                        entities=tuple(e.lower() for e in entities),
+                        entity_globs=as_str_list(f"{key}.entity_globs", raw.get("entity_globs")))
+
+
+def _check_entity_id(key: str, value: str) -> None:
+    if not _ENTITY_ID.match(value.lower()):
+        raise fail(key, "an entity id such as sensor.kitchen_temperature", value)
+
+
+def _str_pairs(key: str, raw: Any) -> tuple[tuple[str, str], ...]:
+    raw = as_mapping(key, raw)
+    return tuple((as_str(f"{key} (a key)", k), as_str(f"{key}.{k}", v, allow_empty=True))
+                 for k, v in raw.items())
+
+
+def _overrides(key: str, raw: Any, entity_ids: bool = False
+               ) -> tuple[tuple[str, EntityOverride], ...]:
+    raw = as_mapping(key, raw)
+    result = []
+    for name, value in raw.items():
+        name = as_str(f"{key} (a key)", name)
+        if entity_ids:
+            _check_entity_id(f"{key}.{name}", name)
+            name = name.lower()
+        sub = f"{key}.{name}"
+        value = as_mapping(sub, value)
+        _no_unknown(sub, value, ("override_measurement", "ignore_attributes"))
+        result.append((name, EntityOverride(
+            override_measurement=as_opt_str(f"{sub}.override_measurement",
+                                            value.get("override_measurement")),
+            ignore_attributes=as_str_list(f"{sub}.ignore_attributes",
+                                          value.get("ignore_attributes")))))
+    return tuple(result)
+
+
+# ---- other HA events ----------------------------------------------------------------------------
+
+def _events(key: str, raw: Any) -> EventsSchema:
+    raw = as_mapping(key, raw)
+    _no_unknown(key, raw, ("enabled", "measurement", "include", "exclude"))
+    return EventsSchema(enabled=as_bool(f"{key}.enabled", raw.get("enabled", True)),
+                        measurement=as_str(f"{key}.measurement",
+                                           raw.get("measurement", "ha_events")),
+                        include=as_str_list(f"{key}.include", raw.get("include")),
+                        exclude=as_str_list(f"{key}.exclude", raw.get("exclude")))
+
+
+# ---- MQTT ---------------------------------------------------------------------------------------
+
+_MQTT_KEYS = ("enabled", "presets", "rules", "measurement", "format", "topic_tag", "retain_tag",
+              "bools", "separator")
+_RULE_KEYS = ("topic", "measurement", "tags", "format", "field", "match", "skip")
+
+
+def _mqtt(key: str, raw: Any) -> MqttSchema:
+    raw = as_mapping(key, raw)
+    _no_unknown(key, raw, _MQTT_KEYS)
+    rules = raw.get("rules") or []
+    if not isinstance(rules, list):
+        raise fail(f"{key}.rules", "a list of rules", rules)
+    presets = raw.get("presets") or []
+    if isinstance(presets, str):
+        presets = [presets]
+    if not isinstance(presets, list):
+        raise fail(f"{key}.presets", "a list of preset names", presets)
+    return MqttSchema(
+        enabled=as_bool(f"{key}.enabled", raw.get("enabled", True)),
+        presets=tuple(_preset(f"{key}.presets[{i}]", p) for i, p in enumerate(presets)),
+        rules=tuple(_rule(f"{key}.rules[{i}]", r) for i, r in enumerate(rules)),
+        measurement=as_str(f"{key}.measurement", raw.get("measurement", "mqtt")),
+        format=as_choice(f"{key}.format", raw.get("format", "auto"), MQTT_FORMATS),
+        topic_tag=as_opt_str(f"{key}.topic_tag", raw.get("topic_tag", "topic")),
+        retain_tag=as_opt_str(f"{key}.retain_tag", raw.get("retain_tag", "retained")),
+        bools=as_choice(f"{key}.bools", raw.get("bools", "float"), MQTT_BOOLS),
+        separator=as_str(f"{key}.separator", raw.get("separator", "_")))
+
+
+def _preset(key: str, raw: Any) -> MqttPreset:
+    if isinstance(raw, dict):
+        _no_unknown(key, raw, ("name", "prefix"))
+        name = as_choice(f"{key}.name", raw.get("name"), MQTT_PRESETS)
+        prefix = as_opt_str(f"{key}.prefix", raw.get("prefix"))
+        if prefix is not None:
+            _check_prefix(f"{key}.prefix", prefix)
+        return MqttPreset(name, prefix)
+    return MqttPreset(as_choice(key, raw, MQTT_PRESETS))
+
+
+def _check_prefix(key: str, prefix: str) -> None:
+    if any(ch in prefix for ch in "+#") or prefix.startswith("/") or prefix.endswith("/"):
+        raise fail(key, "a topic prefix without wildcards or leading/trailing '/'", prefix)
+
+
+def _rule(key: str, raw: Any) -> MqttRule:
+    raw = as_mapping(key, raw)
+    _no_unknown(key, raw, _RULE_KEYS)
+    if "topic" not in raw:
+        raise ConfigError(f"{key}.topic is required")
+    topic = as_str(f"{key}.topic", raw["topic"])
+    names = topic_names(f"{key}.topic", topic)
+    rule = MqttRule(
+        topic=topic,
+        measurement=as_opt_str(f"{key}.measurement", raw.get("measurement")),
+        tags=_str_pairs(f"{key}.tags", raw.get("tags")),
+        format=(as_choice(f"{key}.format", raw["format"], MQTT_FORMATS)
+                if raw.get("format") is not None else None),
+        field=as_str(f"{key}.field", raw.get("field", "value")),
+        match=_match(f"{key}.match", raw.get("match"), names),
+        skip=as_bool(f"{key}.skip", raw.get("skip", False)))
+    _check_templates(key, rule, names)
+    return rule
+
+
+def topic_names(key: str, topic: str) -> tuple[str, ...]:
+    """Names bound by ``+name``/``#name`` segments; checks the filter's shape."""
+    names: list[str] = []
+    segments = topic.split("/")
+    for i, segment in enumerate(segments):
+        if segment.startswith(("+", "#")):
+            if segment.startswith("#") and i != len(segments) - 1:
+                raise fail(key, "an MQTT topic filter with '#' only as the last segment", topic)
+            name = segment[1:]
+            if name:
+                if not name.isidentifier() or name == "topic" or name in names:
+                    raise fail(key, "segment names that are unique identifiers (not 'topic')",
+                               topic)
+                names.append(name)
+        elif "+" in segment or "#" in segment:
+            raise fail(key, "an MQTT topic filter ('+' and '#' fill a whole segment)", topic)
+    return tuple(names)
+
+
+def _match(key: str, raw: Any, names: tuple[str, ...]
+           ) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    raw = as_mapping(key, raw)
+    result = []
+    for name, values in raw.items():
+        if name not in names:
+            raise ConfigError(f"{key}.{name}: the topic has no segment named {name!r}")
+        result.append((name, as_str_list(f"{key}.{name}", values)))
+    return tuple(result)
+
+
+def _check_templates(key: str, rule: MqttRule, names: tuple[str, ...]) -> None:
+    templates = [("measurement", rule.measurement), ("field", rule.field)]
+    templates += [(f"tags.{k}", v) for k, v in rule.tags]
+    for where, template in templates:
+        for ref in _TEMPLATE_REF.findall(template or ""):
+            if ref != "topic" and ref not in names:
+                raise ConfigError(f"{key}.{where}: {{{ref}}} is not a named segment of the "
+                                  f"topic {rule.topic!r} (named: {', '.join(names) or 'none'})")
+
+
+def glob_to_regex(pattern: str) -> str:
+    """HA's entity globs are fnmatch patterns."""
+    return fnmatch.translate(pattern)

@@ -1,0 +1,433 @@
+"""The durable queue: one SQLite file per source, behind a small interface.
+
+Every access to the queue files goes through this module, so a different backend can replace it.
+
+How persist-queue is used, and why (see docs/architecture.md):
+
+- An item is a *batch* of events (``{"n": <count>, "events": [...]}``): persist-queue commits once
+  per ``put``, so one commit per batch is what makes tens of thousands of events per second possible.
+- JSON serializer, never pickle: a queue file must never execute code when read.
+- ``auto_resume`` only in the consumer: a restarted producer must not hand the writer's in-flight
+  items back to the ready state (that would write them twice).
+- Ack by id; counts by SQL (``qsize()`` is a per-process counter and wrong across processes); no
+  blocking ``get`` across processes (the consumer polls).
+- Acked rows are deleted regularly so that ``get`` and ``ack`` do not slow down as the file ages.
+
+Beside persist-queue's table, each file holds two small tables of our own: ``dead_letters`` (events
+InfluxDB or the collector rejected, with the reason) and ``meta`` (small durable key/values, e.g.
+the newest ``time_fired`` the HA collector committed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+from persistqueue import SQLiteAckQueue
+from persistqueue.exceptions import Empty
+
+from ha_ingestor.errors import QueueError, QueueFull
+
+log = logging.getLogger(__name__)
+
+TABLE = "ack_queue_default"          # persist-queue's table for name="default"
+STATUS_IN_FLIGHT = 2                 # persist-queue AckStatus.unack
+STATUS_ACKED = 5                     # persist-queue AckStatus.acked
+LOCK_TIMEOUT_S = 30.0                # SQLite busy timeout: wait this long for the other process
+CLEAR_ACKED_EVERY = 50               # delete acked rows after this many acks
+FULL_RECHECK_S = 0.5                 # how often the producer re-measures the file against max_bytes
+
+_COUNT_PREFIX = re.compile(rb'\{"n":(\d+)')
+T = TypeVar("T")
+
+
+class _Json:
+    """persist-queue serializer: compact JSON, never pickle."""
+
+    @staticmethod
+    def dumps(value: Any, sort_keys: bool = False) -> bytes:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                          sort_keys=sort_keys).encode("utf-8")
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return json.loads(data)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One queue item as the consumer sees it."""
+
+    item_id: int
+    events: list[dict]
+    enqueued_at: float
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Counts are events, not batches. ``bytes`` is the size of the file(s) on disk."""
+
+    ready: int
+    in_flight: int
+    dead: int
+    oldest_age_s: float | None
+    bytes: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    source: str
+    reason: str
+    at: float
+    event: dict
+
+
+def queue_file(queue_dir: Path | str, source: str) -> Path:
+    return Path(queue_dir) / f"{source}.db"
+
+
+def _retry_locked(action: Callable[[], T], path: Path, what: str) -> T:
+    """Run ``action``; SQLite's own busy timeout waits for the other process, and on top of that a
+    few retries absorb "database is locked" under heavy contention. A full disk becomes QueueFull,
+    anything else a QueueError naming the file."""
+    for attempt in range(5):
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "disk is full" in text or "database or disk is full" in text:
+                raise QueueFull(f"{path}: disk full while trying to {what}") from exc
+            if "locked" not in text and "busy" not in text:
+                raise QueueError(f"{path}: cannot {what}: {text}") from exc
+            time.sleep(0.05 * (attempt + 1))
+        except sqlite3.DatabaseError as exc:
+            raise QueueError(f"{path}: cannot {what}: {exc} (is it a queue file?)") from exc
+    raise QueueError(f"{path}: still locked by another process after retries; cannot {what}")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Our own connection for counts, dead letters and meta (autocommit mode)."""
+    conn = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT_S, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                 " event TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)")
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    return conn
+
+
+def _open(queue_dir: Path | str, source: str, auto_resume: bool
+          ) -> tuple[SQLiteAckQueue, sqlite3.Connection, Path]:
+    path = queue_file(queue_dir, source)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QueueError(f"{path.parent}: cannot create the queue directory: {exc}") from exc
+
+    def open_both():
+        conn = _connect(path)
+        queue = SQLiteAckQueue(str(path.parent), db_file_name=path.name, auto_resume=auto_resume,
+                               serializer=_Json, multithreading=True, timeout=LOCK_TIMEOUT_S)
+        for c in {queue._getter, queue._putter}:   # durable commits: fsync the WAL every commit
+            c.execute("PRAGMA synchronous=FULL")
+        return queue, conn
+
+    queue, conn = _retry_locked(open_both, path, "open the queue")
+    return queue, conn, path
+
+
+class _QueueFile:
+    """What producer and consumer share: the open file, dead letters, meta, status."""
+
+    def __init__(self, queue_dir: Path | str, source: str, auto_resume: bool):
+        self.source = source
+        self._q, self._db, self.path = _open(queue_dir, source, auto_resume)
+
+    def dead_letter(self, entries: Iterable[tuple[dict, str]]) -> int:
+        """Keep events with the reason they could not be written. Returns how many."""
+        rows = [(_Json.dumps(event).decode("utf-8"), str(reason), time.time())
+                for event, reason in entries]
+        if rows:
+            _retry_locked(lambda: self._insert_dead(rows), self.path, "store dead letters")
+        return len(rows)
+
+    def _insert_dead(self, rows: list[tuple]) -> None:
+        with _transaction(self._db):
+            self._db.executemany("INSERT INTO dead_letters (event, reason, at) VALUES (?, ?, ?)",
+                                 rows)
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = _retry_locked(lambda: self._db.execute("SELECT value FROM meta WHERE key = ?",
+                                                     (key,)).fetchone(), self.path, "read meta")
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        _retry_locked(lambda: self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, str(value))),
+            self.path, "write meta")
+
+    def status(self) -> QueueStatus:
+        return _retry_locked(lambda: _status(self._db, self.path), self.path, "count events")
+
+    def used_bytes(self) -> int:
+        """Bytes of live pages (free pages are reused, so this is what counts against max_bytes)."""
+        def measure():
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self._db.execute("PRAGMA page_size").fetchone()[0]
+            return (pages - free) * size
+        return _retry_locked(measure, self.path, "measure the queue")
+
+    def close(self) -> None:
+        self._q.close()
+        self._db.close()
+
+
+class Producer(_QueueFile):
+    """The one writer of a queue file: a collector."""
+
+    def __init__(self, queue_dir: Path | str, source: str, max_bytes: int):
+        super().__init__(queue_dir, source, auto_resume=False)
+        self.max_bytes = max_bytes
+        self._full = False
+        self._checked_at = 0.0
+
+    def append(self, events: list[dict]) -> int:
+        """Store ``events`` as one item in one durable commit. Returns the item id.
+
+        Raises QueueFull (nothing written) when the file is at ``max_bytes`` or the disk is full."""
+        if not events:
+            raise ValueError("append needs at least one event")
+        if self.is_full():
+            raise QueueFull(f"{self.path}: queue is full ({self.max_bytes} bytes, queue.max_bytes)")
+        item = {"n": len(events), "events": events}
+        return _retry_locked(lambda: self._q.put(item), self.path, "append a batch")
+
+    def is_full(self) -> bool:
+        """Whether the file is at ``max_bytes``; re-measured at most every FULL_RECHECK_S."""
+        now = time.monotonic()
+        if now - self._checked_at >= FULL_RECHECK_S:
+            self._checked_at = now
+            self._full = self.used_bytes() >= self.max_bytes
+        return self._full
+
+
+class Consumer(_QueueFile):
+    """The one reader of a queue file: the writer. Items it took but did not ack before it died are
+    ready again when it reopens the file (``auto_resume``)."""
+
+    def __init__(self, queue_dir: Path | str, source: str):
+        super().__init__(queue_dir, source, auto_resume=True)
+        self._acks = 0
+
+    def take(self, max_events: int) -> list[Batch]:
+        """Up to ``max_events`` events as whole items, oldest first; at least one item when any is
+        ready. Never blocks: returns [] when nothing is ready."""
+        batches: list[Batch] = []
+        count = 0
+        while count < max_events:
+            raw = _retry_locked(self._get_one, self.path, "take a batch")
+            if raw is None:
+                break
+            events = raw["data"]["events"]
+            batches.append(Batch(raw["pqid"], events, raw["timestamp"]))
+            count += len(events)
+        return batches
+
+    def _get_one(self) -> dict | None:
+        try:
+            return self._q.get(block=False, raw=True)
+        except Empty:
+            return None
+
+    def ack(self, item_ids: Iterable[int]) -> None:
+        """Mark items done once InfluxDB accepted (or the dead-letter store holds) their events."""
+        for item_id in item_ids:
+            _retry_locked(lambda: self._q.ack(id=item_id), self.path, "acknowledge a batch")
+            self._acks += 1
+        if self._acks >= CLEAR_ACKED_EVERY:
+            self._acks = 0
+            _retry_locked(lambda: self._q.clear_acked_data(max_delete=None, keep_latest=None),
+                          self.path, "clear acknowledged rows")
+
+    def nack(self, item_ids: Iterable[int]) -> None:
+        """Give items back (ready again), e.g. on a graceful stop before they were written."""
+        for item_id in item_ids:
+            _retry_locked(lambda: self._q.nack(id=item_id), self.path, "return a batch")
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT on an autocommit connection."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, *_):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                        (name,)).fetchone() is not None
+
+
+def _status(conn: sqlite3.Connection, path: Path) -> QueueStatus:
+    ready = in_flight = 0
+    oldest = None
+    if _has_table(conn, TABLE):
+        rows = conn.execute(f"SELECT status, substr(data, 1, 24), timestamp FROM {TABLE} "
+                            f"WHERE status < {STATUS_ACKED}").fetchall()
+        for status, prefix, stamp in rows:
+            n = _event_count(prefix)
+            if int(status) == STATUS_IN_FLIGHT:
+                in_flight += n
+            else:
+                ready += n
+            oldest = stamp if oldest is None else min(oldest, stamp)
+    dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] \
+        if _has_table(conn, "dead_letters") else 0
+    age = None if oldest is None else max(0.0, round(time.time() - oldest, 3))
+    return QueueStatus(ready, in_flight, dead, age, _bytes_on_disk(path))
+
+
+def _event_count(prefix: bytes | str) -> int:
+    if isinstance(prefix, str):
+        prefix = prefix.encode("utf-8")
+    match = _COUNT_PREFIX.match(prefix)
+    return int(match.group(1)) if match else 1
+
+
+def _bytes_on_disk(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += Path(str(path) + suffix).stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+# ---- inspection and repair (the `ha-ingestor queue ...` commands) --------------------------------
+
+def _inspect(queue_dir: Path | str, source: str) -> sqlite3.Connection | None:
+    """Open an existing queue file for inspection; None when it does not exist."""
+    path = queue_file(queue_dir, source)
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=LOCK_TIMEOUT_S,
+                               isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.DatabaseError as exc:
+        raise QueueError(f"{path}: not a readable queue file: {exc}") from exc
+
+
+def read_status(queue_dir: Path | str, source: str) -> QueueStatus | None:
+    """Status of one queue file without creating it; None when it does not exist."""
+    conn = _inspect(queue_dir, source)
+    if conn is None:
+        return None
+    path = queue_file(queue_dir, source)
+    try:
+        return _retry_locked(lambda: _status(conn, path), path, "count events")
+    finally:
+        conn.close()
+
+
+def peek(queue_dir: Path | str, source: str, limit: int = 10) -> list[dict]:
+    """The oldest ``limit`` unacknowledged events, without taking them."""
+    conn = _inspect(queue_dir, source)
+    if conn is None or not _has_table(conn, TABLE):
+        return []
+    path = queue_file(queue_dir, source)
+    try:
+        events: list[dict] = []
+        cursor = _retry_locked(lambda: conn.execute(
+            f"SELECT data FROM {TABLE} WHERE status < {STATUS_ACKED} ORDER BY _id"), path, "peek")
+        for (data,) in cursor:
+            events.extend(_Json.loads(data)["events"][: limit - len(events)])
+            if len(events) >= limit:
+                break
+        return events
+    finally:
+        conn.close()
+
+
+def list_dead(queue_dir: Path | str, source: str, limit: int | None = None) -> list[DeadLetter]:
+    conn = _inspect(queue_dir, source)
+    if conn is None or not _has_table(conn, "dead_letters"):
+        return []
+    path = queue_file(queue_dir, source)
+    try:
+        sql = "SELECT id, reason, at, event FROM dead_letters ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        rows = _retry_locked(lambda: conn.execute(sql).fetchall(), path, "list dead letters")
+        return [DeadLetter(i, source, reason, at, json.loads(event))
+                for i, reason, at, event in rows]
+    finally:
+        conn.close()
+
+
+def requeue_dead(queue_dir: Path | str, source: str, ids: Iterable[int] | None = None,
+                 batch_events: int = 1000) -> int:
+    """Put dead letters back into the queue as new items, then delete them from the dead-letter
+    store. Returns how many were requeued. Crash-safe: an event is appended before it is deleted."""
+    letters = list_dead(queue_dir, source)
+    wanted = None if ids is None else set(ids)
+    letters = [d for d in letters if wanted is None or d.id in wanted]
+    if not letters:
+        return 0
+    producer = _QueueFile(queue_dir, source, auto_resume=False)
+    try:
+        for start in range(0, len(letters), batch_events):
+            chunk = letters[start:start + batch_events]
+            item = {"n": len(chunk), "events": [d.event for d in chunk]}
+            _retry_locked(lambda: producer._q.put(item), producer.path, "requeue dead letters")
+            ids_chunk = [(d.id,) for d in chunk]
+            _retry_locked(lambda: producer._db.executemany(
+                "DELETE FROM dead_letters WHERE id = ?", ids_chunk), producer.path,
+                "delete requeued dead letters")
+        return len(letters)
+    finally:
+        producer.close()
+
+
+def purge(queue_dir: Path | str, source: str, dead: bool = False) -> int:
+    """Delete every unacknowledged event (and with ``dead`` the dead letters). Returns events
+    deleted. Only for an operator who means it: ``queue purge --yes``."""
+    conn = _inspect(queue_dir, source)
+    if conn is None:
+        return 0
+    path = queue_file(queue_dir, source)
+    try:
+        before = _retry_locked(lambda: _status(conn, path), path, "count events")
+        removed = before.ready + before.in_flight
+
+        def delete():
+            with _transaction(conn):
+                if _has_table(conn, TABLE):
+                    conn.execute(f"DELETE FROM {TABLE}")
+                if dead and _has_table(conn, "dead_letters"):
+                    conn.execute("DELETE FROM dead_letters")
+        _retry_locked(delete, path, "purge")
+        return removed + (before.dead if dead else 0)
+    finally:
+        conn.close()
