@@ -1,0 +1,203 @@
+"""MQTT messages → points: topic rules (like Telegraf's topic parsing), payload formats, presets.
+
+A rule's ``topic`` is an MQTT filter whose wildcards may be named: ``tele/+device/+kind``,
+``sensors/#rest``. The first rule that matches (user rules first, then presets in the order
+listed) gives the measurement, tags and field name, all templates over the named segments and
+``{topic}``. Topics no rule matches go to measurement ``mqtt`` with the payload in ``value``.
+
+Payload formats: ``json`` (objects flattened; numbers float fields, strings ``_str``, booleans
+1.0/0.0 or ``_str`` by ``bools``), ``value`` (a number → float ``<field>``, anything else
+``<field>_str``) and ``auto`` (json for objects, arrays and quoted strings, value otherwise). Every point also
+gets the ``topic`` tag and the ``retained`` tag (names configurable, null to leave out).
+Time: the collector's receive time, so re-sending a queued message rewrites the same point.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ha_ingestor.config.schema import MQTT_PRESETS, MqttPreset, MqttRule, MqttSchema
+from ha_ingestor.envelope import mqtt_payload
+from writer.fields import add_value, parse_number
+from writer.lineprotocol import make_line
+
+ESPHOME_COMPONENTS = ("sensor", "binary_sensor", "switch", "light", "fan", "cover", "climate",
+                      "text_sensor", "number", "select", "button", "lock", "valve", "text",
+                      "datetime", "event", "alarm_control_panel", "media_player", "siren")
+_MAX_CACHED_TOPICS = 65536
+
+
+def preset_rules(preset: MqttPreset) -> tuple[MqttRule, ...]:
+    """The rules a preset stands for."""
+    name, prefix = preset.name, preset.prefix
+    if name == "zigbee2mqtt":
+        p = prefix or "zigbee2mqtt"
+        return (MqttRule(topic=f"{p}/+device/availability", measurement="zigbee2mqtt_availability",
+                         tags=(("device", "{device}"),), format="auto", field="availability"),
+                MqttRule(topic=f"{p}/+device", measurement="zigbee2mqtt",
+                         tags=(("device", "{device}"),), format="auto"))
+    if name == "tasmota":
+        p = f"{prefix}/" if prefix else ""
+        return tuple(MqttRule(topic=f"{p}{kind}/+device/+message", measurement="tasmota",
+                              tags=(("device", "{device}"), ("message", "{message}")),
+                              format="auto", field="{message}")
+                     for kind in ("tele", "stat"))
+    if name == "esphome":
+        rules = []
+        if prefix:
+            rules.append(MqttRule(topic=f"{prefix}/+component/+object_id/state",
+                                  measurement="esphome",
+                                  tags=(("device", prefix), ("component", "{component}"),
+                                        ("object_id", "{object_id}")), format="auto"))
+            rules.append(MqttRule(topic=f"{prefix}/status", measurement="esphome_status",
+                                  tags=(("device", prefix),), format="value", field="status"))
+        else:
+            rules.append(MqttRule(topic="+device/+component/+object_id/state",
+                                  measurement="esphome",
+                                  tags=(("device", "{device}"), ("component", "{component}"),
+                                        ("object_id", "{object_id}")), format="auto",
+                                  match=(("component", ESPHOME_COMPONENTS),)))
+        return tuple(rules)
+    if name == "mqtt_statestream":
+        p = prefix or "homeassistant_statestream"
+        return (MqttRule(topic=f"{p}/+domain/+object_id/+attribute",
+                         measurement="mqtt_statestream",
+                         tags=(("domain", "{domain}"), ("entity_id", "{object_id}")),
+                         format="auto", field="{attribute}"),)
+    raise ValueError(f"unknown preset {name!r} (known: {', '.join(MQTT_PRESETS)})")
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    rule: MqttRule
+    segments: tuple[str, ...]
+    match: dict
+
+    def bind(self, levels: list[str]) -> dict[str, str] | None:
+        """Named segment values when ``levels`` matches this rule's filter, else None."""
+        names: dict[str, str] = {}
+        segments = self.segments
+        for i, segment in enumerate(segments):
+            first = segment[:1]
+            if first == "#":
+                if segment[1:]:
+                    names[segment[1:]] = "/".join(levels[i:])
+                return self._allowed(names)
+            if i >= len(levels):
+                return None
+            if first == "+":
+                if segment[1:]:
+                    names[segment[1:]] = levels[i]
+            elif segment != levels[i]:
+                return None
+        return self._allowed(names) if len(levels) == len(segments) else None
+
+    def _allowed(self, names: dict[str, str]) -> dict[str, str] | None:
+        for name, values in self.match.items():
+            if names.get(name) not in values:
+                return None
+        return names
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a topic resolves to (cached per topic)."""
+
+    skip: bool
+    measurement: str
+    tags: dict
+    field: str
+    format: str
+
+
+class MqttSchemaConverter:
+    def __init__(self, config: MqttSchema):
+        self.config = config
+        rules = list(config.rules)
+        for preset in config.presets:
+            rules.extend(preset_rules(preset))
+        self.rules = [_Compiled(r, tuple(r.topic.split("/")), dict(r.match)) for r in rules]
+        self.bools_as_float = config.bools == "float"
+        self._targets: dict[str, _Target] = {}
+
+    def to_line(self, event: dict[str, Any]) -> str | None:
+        """The point for one MQTT envelope, or None (skipped by a rule, or nothing to write)."""
+        if not self.config.enabled:
+            return None
+        topic = event["topic"]
+        target = self._target(topic)
+        if target.skip:
+            return None
+        if event.get("pe") == "b64":
+            raise ValueError(f"payload of {len(mqtt_payload(event))} bytes on {topic!r} is not "
+                             "UTF-8 text; no payload format converts binary data")
+        fields = self._fields(event["p"], target)
+        if not fields:
+            return None
+        tags = target.tags
+        if self.config.retain_tag:
+            tags = {**tags, self.config.retain_tag: "true" if event.get("retain") else "false"}
+        return make_line(target.measurement, tags, fields, int(event["rx"]))
+
+    def _target(self, topic: str) -> _Target:
+        target = self._targets.get(topic)
+        if target is None:
+            target = self._resolve(topic)
+            if len(self._targets) >= _MAX_CACHED_TOPICS:
+                self._targets.clear()
+            self._targets[topic] = target
+        return target
+
+    def _resolve(self, topic: str) -> _Target:
+        levels = topic.split("/")
+        config = self.config
+        for compiled in self.rules:
+            names = compiled.bind(levels)
+            if names is None:
+                continue
+            rule = compiled.rule
+            names["topic"] = topic
+            tags = {k: v.format_map(names) for k, v in rule.tags}
+            if config.topic_tag:
+                tags.setdefault(config.topic_tag, topic)
+            return _Target(rule.skip, (rule.measurement or config.measurement).format_map(names),
+                           tags, rule.field.format_map(names), rule.format or config.format)
+        tags = {config.topic_tag: topic} if config.topic_tag else {}
+        return _Target(False, config.measurement, tags, "value", config.format)
+
+    def _fields(self, text: str, target: _Target) -> dict[str, float | str]:
+        fields: dict[str, float | str] = {}
+        kind = target.format
+        data = None
+        if kind == "auto":
+            kind = "value"
+            if text.lstrip()[:1] in ("{", "[", '"'):
+                try:
+                    data, kind = json.loads(text), "json"
+                except ValueError:
+                    pass
+        elif kind == "json":
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"payload is not JSON ({exc}): {text[:80]!r}") from None
+        if kind == "json":
+            if isinstance(data, dict):
+                add_value(fields, "", data, self.config.separator, self.bools_as_float)
+            elif isinstance(data, str):
+                self._value(fields, data, target.field)
+            else:
+                add_value(fields, target.field, data, self.config.separator, self.bools_as_float)
+        else:
+            self._value(fields, text, target.field)
+        return fields
+
+    @staticmethod
+    def _value(fields: dict, text: str, field: str) -> None:
+        number = parse_number(text)
+        if number is None:
+            fields[f"{field}_str"] = text
+        else:
+            fields[field] = number
