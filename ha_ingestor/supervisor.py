@@ -47,7 +47,7 @@ START_ORDER = (WRITER, *COLLECTORS)
 FATAL_EXITS = (EXIT_CONFIG, EXIT_AUTH)
 POLL_INTERVAL = 0.1
 STABLE_AFTER = 10.0           # seconds of uptime after which a crash restarts from the short delay
-CRASH_BACKOFF = dict(base=0.5, factor=2.0, cap=30.0, jitter=0.2)
+CRASH_BACKOFF = dict(base=0.5, factor=2.0, jitter=0.2)     # capped by run.restart_backoff_max
 FATAL_BACKOFF = dict(base=60.0, factor=2.0, cap=600.0, jitter=0.1)
 CLEAN_SIGNALS = (-signal.SIGTERM, -signal.SIGINT)   # stopped before its own handler was installed
 
@@ -63,7 +63,7 @@ class Child:
     restart_at: float | None = 0.0      # monotonic time of the next start; None: do not start
     last_exit: int | None = None
     restarts: int = 0
-    crash_backoff: Backoff = field(default_factory=lambda: Backoff(**CRASH_BACKOFF))
+    crash_backoff: Backoff = field(default_factory=lambda: Backoff(cap=60.0, **CRASH_BACKOFF))
     fatal_backoff: Backoff = field(default_factory=lambda: Backoff(**FATAL_BACKOFF))
 
     def running(self) -> bool:
@@ -79,7 +79,8 @@ def run(config, stop: StopFlag, child_argv: dict[str, list[str]]) -> int:
     if not child_argv:
         log.error("nothing to run: every component is disabled in the config")
         return EXIT_CONFIG
-    supervisor = Supervisor(child_argv, config.run.shutdown_timeout, stop)
+    supervisor = Supervisor(child_argv, config.run.shutdown_timeout, stop,
+                            config.run.restart_backoff_max)
     _serve_metrics(config, supervisor)
     return supervisor.run()
 
@@ -88,9 +89,11 @@ class Supervisor:
     """The main loop: start, watch, restart, and stop the children in order."""
 
     def __init__(self, child_argv: dict[str, list[str]], shutdown_timeout: float,
-                 stop: StopFlag):
+                 stop: StopFlag, restart_backoff_max: float = 60.0):
         order = sorted(child_argv, key=lambda n: START_ORDER.index(n) if n in START_ORDER else 99)
-        self.children = [Child(name, list(child_argv[name])) for name in order]
+        self.children = [Child(name, list(child_argv[name]),
+                               crash_backoff=Backoff(cap=restart_backoff_max, **CRASH_BACKOFF))
+                         for name in order]
         self.shutdown_timeout = float(shutdown_timeout)
         self.stop = stop
 
