@@ -1,0 +1,291 @@
+"""The deployment files and docs agree with the code: valid YAML and JSON, every ``ha-ingestor``
+command they use exists, ports and paths match the config defaults, the dashboard's metrics exist,
+and the configuration reference is the one generated from the config code.
+
+Docker, Kubernetes and systemd are not running here, so this is what can be checked without them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from ha_ingestor import metrics  # noqa: F401  (registers every metric)
+from ha_ingestor.config import load_config
+from ha_ingestor.config.model import METRICS_PORTS
+from ha_ingestor.errors import EXIT_AUTH, EXIT_CONFIG
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+K8S = DEPLOY / "kubernetes" / "ha-ingestor.yaml"
+SYSTEMD = DEPLOY / "systemd"
+DASHBOARD = DEPLOY / "grafana" / "ha-ingestor-dashboard.json"
+CLI = [sys.executable, "-m", "ha_ingestor"]
+GLOBAL_OPTIONS = {"--config": 1, "--log-level": 1, "--log-format": 1}
+CONTAINER_QUEUE_DIR = "/var/lib/ha-ingestor/queue"
+# which component a command runs, and so which metrics port it serves
+COMPONENT_OF = {"collect mqtt": "mqtt", "collect ha": "ha", "write": "writer", "run": "run"}
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def k8s_docs() -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(K8S.read_text()) if doc]
+
+
+def k8s_containers() -> list[dict]:
+    deployment = next(d for d in k8s_docs() if d["kind"] == "Deployment")
+    return deployment["spec"]["template"]["spec"]["containers"]
+
+
+def command_words(args: list[str]) -> list[str]:
+    """``["--config", "x", "--log-format", "json", "collect", "mqtt"]`` -> ``["collect", "mqtt"]``."""
+    words, skip = [], 0
+    for arg in args:
+        if skip:
+            skip -= 1
+        elif arg in GLOBAL_OPTIONS:
+            skip = GLOBAL_OPTIONS[arg]
+        elif not arg.startswith("-"):
+            words.append(arg)
+    return words
+
+
+def systemd_exec(unit: Path) -> list[str]:
+    line = next(l for l in unit.read_text().splitlines() if l.startswith("ExecStart="))
+    argv = shlex.split(line.split("=", 1)[1])
+    assert argv[0].endswith("/ha-ingestor"), line
+    return argv[1:]
+
+
+def systemd_units() -> list[Path]:
+    return sorted(SYSTEMD.glob("*.service"))
+
+
+def deploy_commands() -> set[str]:
+    """Every ``ha-ingestor`` command line the deploy files run."""
+    found = set()
+    for service in compose()["services"].values():
+        if str(service.get("image", "")).startswith("${HA_INGESTOR_IMAGE"):
+            found.add(" ".join(command_words(service["command"])))
+    found |= {" ".join(command_words(c["args"])) for c in k8s_containers()}
+    found |= {" ".join(command_words(systemd_exec(unit))) for unit in systemd_units()}
+    cmd = re.search(r'^CMD (\[.*\])$', (DEPLOY / "Dockerfile").read_text(), re.M)
+    found.add(" ".join(json.loads(cmd.group(1))))
+    return found
+
+
+def documented_commands() -> set[str]:
+    """``ha-ingestor <words>`` in the docs' code spans, up to the first option or placeholder."""
+    found = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+                *sorted(DEPLOY.rglob("*.y*ml"))]:
+        if not doc.exists():
+            continue
+        for match in re.finditer(r"ha-ingestor((?: +(?:--[a-z-]+(?:[ =]\S+)?|[a-z][a-z-]*))+)",
+                                 doc.read_text()):
+            words = command_words(shlex.split(match.group(1).replace("=", " ")))
+            if words:
+                found.add(" ".join(words))
+    return found
+
+
+def command_exists(words: str) -> tuple[bool, str]:
+    """Longest prefix of ``words`` that is a command: ``queue status`` in ``queue status foo``
+    would be rejected by click, so we check the words as given."""
+    result = subprocess.run(CLI + words.split() + ["--help"], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    return result.returncode == 0, result.stderr + result.stdout
+
+
+# ---- commands -------------------------------------------------------------------------------
+
+def test_every_command_in_the_deploy_files_exists():
+    commands = deploy_commands()
+    assert {"run", "write", "collect mqtt", "collect ha"} <= commands
+    for words in sorted(commands):
+        ok, output = command_exists(words)
+        assert ok, f"deploy files run `ha-ingestor {words}`, which the CLI rejects:\n{output}"
+
+
+def test_every_command_in_the_docs_exists():
+    commands = documented_commands()
+    assert "queue status" in commands
+    bad = [words for words in sorted(commands) if not command_exists(words)[0]]
+    assert not bad, f"docs mention commands the CLI does not have: {bad}"
+
+
+# ---- Docker ---------------------------------------------------------------------------------
+
+def test_dockerfile_is_slim_non_root_with_a_healthcheck():
+    text = (DEPLOY / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM (\S+)", text, re.M)
+    assert bases and all(re.match(r"python:3\.\d+-slim", b) for b in bases), bases
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and user[-1] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n?.*CMD", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["ha-ingestor"\]', text, re.M)
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()}
+    assert exposed == set(METRICS_PORTS.values())
+    for source in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
+        assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
+    assert f"HA_INGESTOR_QUEUE__DIR={CONTAINER_QUEUE_DIR}" in text
+
+
+def test_compose_services_ports_volumes_and_restart_policies():
+    data = compose()
+    services = data["services"]
+    assert {"mosquitto", "influxdb", "writer", "collect-mqtt", "collect-ha"} <= set(services)
+    assert services["influxdb"]["image"].startswith("influxdb:1.8")
+    assert "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in \
+        services["mosquitto"]["volumes"]
+    for name, service in services.items():
+        assert service.get("restart") in ("unless-stopped", "always", "on-failure"), name
+        if name in ("mosquitto", "influxdb"):
+            continue
+        component = COMPONENT_OF[" ".join(command_words(service["command"]))]
+        port = METRICS_PORTS[component]
+        env = service["environment"]
+        assert env["HEALTHCHECK_PORT"] == str(port), name
+        assert service["ports"] == [f"127.0.0.1:{port}:{port}"], name
+        assert f"queue:{CONTAINER_QUEUE_DIR}" in service["volumes"], name
+        assert env["HA_INGESTOR_QUEUE__DIR"] == CONTAINER_QUEUE_DIR
+        assert env["HA_INGESTOR_METRICS__HOST"] == "0.0.0.0"
+    assert "queue" in data["volumes"]
+    # compose stops dependants first: the collectors before the writer
+    assert "writer" in services["collect-mqtt"]["depends_on"]
+    assert "writer" in services["collect-ha"]["depends_on"]
+
+
+def test_mosquitto_conf_used_by_compose_keeps_messages():
+    conf = DEPLOY / "mosquitto.conf"
+    if not conf.exists():
+        pytest.fail("deploy/mosquitto.conf (mounted by docker-compose.yml) is missing")
+    settings = dict(line.split(None, 1) for line in conf.read_text().splitlines()
+                    if line.strip() and not line.lstrip().startswith("#") and " " in line)
+    assert settings.get("persistence", "").strip() == "true"
+    assert int(settings.get("max_queued_messages", "1000").strip()) > 1000
+    location = settings.get("persistence_location", "").strip()
+    assert location.startswith("/mosquitto/data"), "compose mounts the data volume there"
+
+
+def test_env_example_covers_every_variable_compose_requires():
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text()))
+    example = {line.split("=", 1)[0] for line in (DEPLOY / ".env.example").read_text()
+               .splitlines() if "=" in line and not line.startswith("#")}
+    assert required and required <= example
+
+
+# ---- Kubernetes -----------------------------------------------------------------------------
+
+def test_kubernetes_pod_has_three_containers_one_pvc_and_probes():
+    kinds = [d["kind"] for d in k8s_docs()]
+    assert kinds.count("PersistentVolumeClaim") == 1 and kinds.count("Deployment") == 1
+    deployment = next(d for d in k8s_docs() if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    containers = k8s_containers()
+    assert len(containers) == 3
+    for container in containers:
+        component = COMPONENT_OF[" ".join(command_words(container["args"]))]
+        port = METRICS_PORTS[component]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+        assert container["ports"][0]["containerPort"] == port
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert mounts["queue"] == CONTAINER_QUEUE_DIR
+
+
+def test_kubernetes_config_map_is_a_valid_config(tmp_path):
+    config_map = next(d for d in k8s_docs() if d["kind"] == "ConfigMap")
+    text = config_map["data"]["ha-ingestor.yaml"]
+    secrets = {}
+    for name in re.findall(r"_file: /run/secrets/ha-ingestor/(\S+)", text):
+        secrets[name] = tmp_path / name
+        secrets[name].write_text("secret\n")
+        text = text.replace(f"/run/secrets/ha-ingestor/{name}", str(secrets[name]))
+    (tmp_path / "c.yaml").write_text(text)
+    config = load_config(tmp_path / "c.yaml", env={})
+    assert str(config.queue.dir) == CONTAINER_QUEUE_DIR
+    assert config.metrics.ports == METRICS_PORTS
+    assert config.homeassistant.token == "secret"
+    pod = next(d for d in k8s_docs() if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > config.run.shutdown_timeout
+
+
+# ---- systemd --------------------------------------------------------------------------------
+
+def test_systemd_units_do_not_restart_on_config_or_auth_errors():
+    units = systemd_units()
+    assert {u.name for u in units} >= {"ha-ingestor.service", "ha-ingestor-writer.service",
+                                       "ha-ingestor-mqtt.service", "ha-ingestor-ha.service"}
+    for unit in units:
+        text = unit.read_text()
+        prevent = re.search(r"^RestartPreventExitStatus=(.+)$", text, re.M).group(1).split()
+        assert {int(code) for code in prevent} == {EXIT_CONFIG, EXIT_AUTH}, unit.name
+        assert re.search(r"^Restart=on-failure$", text, re.M), unit.name
+        assert re.search(r"^User=ha-ingestor$", text, re.M), unit.name
+        assert f"HA_INGESTOR_QUEUE__DIR={CONTAINER_QUEUE_DIR}" in text
+        assert "ReadWritePaths=/var/lib/ha-ingestor" in text
+        component = COMPONENT_OF[" ".join(command_words(systemd_exec(unit)))]
+        if component != "run":
+            assert f"127.0.0.1:{METRICS_PORTS[component]}/" in text, unit.name
+        stop = int(re.search(r"^TimeoutStopSec=(\d+)$", text, re.M).group(1))
+        assert stop > 30, "longer than run.shutdown_timeout's default"
+
+
+def test_systemd_target_wants_every_component_unit():
+    target = (SYSTEMD / "ha-ingestor.target").read_text()
+    for name in ("writer", "mqtt", "ha"):
+        assert f"ha-ingestor-{name}.service" in target
+
+
+# ---- example config and dashboard -----------------------------------------------------------
+
+def test_example_config_loads_and_matches_the_defaults():
+    config = load_config(DEPLOY / "ha-ingestor.example.yaml", env={"HA_TOKEN": "t"})
+    defaults = load_config(None, env={"HA_INGESTOR_HOMEASSISTANT__TOKEN": "t"})
+    assert config.metrics.ports == defaults.metrics.ports == METRICS_PORTS
+    assert config.queue == defaults.queue
+    assert config.run == defaults.run
+    for section in ("mqtt", "influxdb"):
+        assert getattr(config, section) == getattr(defaults, section), section
+
+
+def test_dashboard_uses_only_metrics_the_code_exports():
+    dashboard = json.loads(DASHBOARD.read_text())
+    exported = set()
+    for collector in REGISTRY._collector_to_names:        # every name, with _total/_bucket...
+        exported |= set(REGISTRY._collector_to_names[collector])
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"\bha_ingestor_[a-z_]+", expr)}
+    assert used and used <= exported, used - exported
+    ours = {n for n in exported if n.startswith("ha_ingestor_")}
+    families = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in ours}
+    shown = {re.sub(r"_(total|bucket|sum|count|created)$", "", n) for n in used}
+    assert families <= shown, f"metrics without a panel: {sorted(families - shown)}"
+
+
+# ---- docs -----------------------------------------------------------------------------------
+
+def test_configuration_reference_is_generated_from_the_code():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"),
+                             "--check"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_configuration_reference_lists_every_key():
+    from ha_ingestor.config import reference_rows
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    for key, _kind, _default, env, _doc in reference_rows():
+        assert f"`{key}`" in doc and f"`{env}`" in doc
