@@ -43,6 +43,8 @@ LOCK_TIMEOUT_S = 30.0                # SQLite busy timeout: wait this long for t
 CLEAR_ACKED_EVERY = 50               # delete acked rows after this many acks
 FULL_RECHECK_S = 0.5                 # how often the producer re-measures the file against max_bytes
 
+_META_UPSERT = ("INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
 _COUNT_PREFIX = re.compile(rb'\{"n":(\d+)')
 T = TypeVar("T")
 
@@ -173,10 +175,8 @@ class _QueueFile:
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
-        _retry_locked(lambda: self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, str(value))),
-            self.path, "write meta")
+        _retry_locked(lambda: self._db.execute(_META_UPSERT, (key, str(value))),
+                      self.path, "write meta")
 
     def status(self) -> QueueStatus:
         return _retry_locked(lambda: _status(self._db, self.path), self.path, "count events")
@@ -204,8 +204,12 @@ class Producer(_QueueFile):
         self._full = False
         self._checked_at = 0.0
 
-    def append(self, events: list[dict]) -> int:
+    def append(self, events: list[dict], meta: dict[str, str] | None = None) -> int:
         """Store ``events`` as one item in one durable commit. Returns the item id.
+
+        ``meta`` key/values are written in the same transaction as the item, so they are durable
+        exactly when the batch is (the HA collector's newest ``time_fired``, the MQTT collector's
+        fingerprints of the batch it has not acknowledged to the broker yet).
 
         Raises QueueFull (nothing written) when the file is at ``max_bytes`` or the disk is full."""
         if not events:
@@ -213,7 +217,19 @@ class Producer(_QueueFile):
         if self.is_full():
             raise QueueFull(f"{self.path}: queue is full ({self.max_bytes} bytes, queue.max_bytes)")
         item = {"n": len(events), "events": events}
-        return _retry_locked(lambda: self._q.put(item), self.path, "append a batch")
+        if not meta:
+            return _retry_locked(lambda: self._q.put(item), self.path, "append a batch")
+        return _retry_locked(lambda: self._put_with_meta(item, meta), self.path, "append a batch")
+
+    def _put_with_meta(self, item: dict, meta: dict[str, str]) -> int:
+        """persist-queue's own insert (same table, same initial status) plus the meta upserts, in
+        one transaction on its connection."""
+        blob = _Json.dumps(item)
+        with self._q.tran_lock, self._q._putter as conn:
+            cursor = conn.execute(f"INSERT INTO {TABLE} (data, timestamp, status) "
+                                  f"VALUES (?, ?, 0)", (blob, time.time()))
+            conn.executemany(_META_UPSERT, [(k, str(v)) for k, v in meta.items()])
+            return cursor.lastrowid
 
     def is_full(self) -> bool:
         """Whether the file is at ``max_bytes``; re-measured at most every FULL_RECHECK_S."""

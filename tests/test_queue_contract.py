@@ -112,3 +112,12 @@ def test_producer_and_consumer_together_for_30_s_reconcile_exactly(tmp_path):
     assert sorted(seqs) == list(range(batches * 200)), "lost or extra events"
     status = read_status(tmp_path, "mqtt")
     assert (status.ready, status.in_flight) == (0, 0)
+
+
+def test_meta_is_committed_with_its_batch(tmp_path):
+    producer = Producer(tmp_path, "ha", 2**40)
+    producer.append([{"seq": 1}], meta={"newest": "2026-11-27T15:57:48.944094+00:00"})
+    reopened = Producer(tmp_path, "ha", 2**40)
+    assert reopened.get_meta("newest") == "2026-11-27T15:57:48.944094+00:00"
+    batches = Consumer(tmp_path, "ha").take(10)
+    assert [e["seq"] for b in batches for e in b.events] == [1]
