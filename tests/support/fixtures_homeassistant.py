@@ -1,0 +1,67 @@
+"""Pytest fixtures for Home Assistant: a real HA 2024.3.3 and the project's protocol test server.
+
+- ``real_ha`` (session): one real HA with recorder + history (commit_interval 1), shared by every
+  test in the session; tests that restart it leave it running.
+- ``real_ha_factory`` (function): ``real_ha_factory(extra_yaml="influxdb: ...", recorder=True)``
+  starts another real HA in the test's tmp dir and stops it at teardown.
+- ``ha_test_server`` (function): an in-process ``HATestServer`` (faults on demand).
+
+Outside CI a machine that cannot install HA skips the real-HA tests; under CI=true it fails them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import in_ci
+from tests.support.real_ha import HAStartError, HomeAssistantServer, ensure_ha_venv
+
+
+def _venv_or_skip() -> Path:
+    try:
+        return ensure_ha_venv()
+    except HAStartError as exc:
+        message = f"cannot install Home Assistant 2024.3.3: {exc}"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def real_ha(tmp_path_factory):
+    """A running real HA with recorder and history; ``.token`` is an admin's long-lived token."""
+    _venv_or_skip()
+    server = HomeAssistantServer(tmp_path_factory.mktemp("real-ha"), recorder=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def real_ha_factory(tmp_path):
+    """Start extra real HA instances (own config, e.g. HA's influxdb integration) for one test."""
+    _venv_or_skip()
+    started: list[HomeAssistantServer] = []
+
+    def start(extra_yaml: str = "", recorder: bool = True, name: str | None = None,
+              timeout: float = 240) -> HomeAssistantServer:
+        workdir = tmp_path / (name or f"ha-{len(started) + 1}")
+        server = HomeAssistantServer(workdir, extra_yaml=extra_yaml, recorder=recorder)
+        started.append(server)
+        return server.start(timeout)
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def ha_test_server():
+    """A running in-process ``HATestServer``; stopped at teardown."""
+    from tests.support.ha_test_server import HATestServer
+
+    server = HATestServer().start()
+    yield server
+    server.stop()

@@ -1,0 +1,584 @@
+"""A real Home Assistant 2024.3.3 for tests: its own virtual environment, a small offline config,
+onboarding over HA's REST API and a long-lived admin token.
+
+    from tests.support.real_ha import HomeAssistantServer, ensure_ha_venv
+
+    ha = HomeAssistantServer(tmp_path / "ha", extra_yaml="influxdb:\\n  host: 127.0.0.1\\n")
+    ha.start()                      # first start onboards and creates ha.token
+    with ha.client() as client:     # a small synchronous WebSocket client
+        client.call_service("input_boolean", "toggle", target={"entity_id": "input_boolean.acc_switch_1"})
+    ha.restart()                    # keeps .storage and the token
+    ha.stop()
+
+HA is kept out of the project's environment: ``ensure_ha_venv()`` creates
+``$HA_INGESTOR_HA_VENV`` (default ``~/.cache/ha-ingestor/ha-2024.3.3``) with pip, pinned
+``josepy==1.14.0`` (josepy 2.x makes every HA HTTP answer a 500), and pre-installs the packages HA
+would otherwise pip-install on its first start (frontend, SQLAlchemy, ...), so a start needs no
+package index. A lock file keeps parallel callers from installing at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import websocket
+
+from tests.support.procs import free_port, start_process, tail
+
+HA_VERSION = "2024.3.3"
+HA_PINS = (f"homeassistant=={HA_VERSION}", "josepy==1.14.0")
+READY_MARKER = ".ha-ingestor-ready"
+
+# Integrations whose requirements are installed with the venv: those the test config uses, plus
+# those other tests add through extra_yaml (HA's own influxdb integration, MQTT statestream).
+PREINSTALLED_DOMAINS = ("http", "api", "websocket_api", "config", "recorder", "history",
+                        "template", "influxdb", "mqtt", "mqtt_statestream")
+
+OWNER = {"name": "Test Owner", "username": "owner", "password": "ha-ingestor-test-pw",
+         "language": "en"}
+
+# Run inside HA's own interpreter: the requirements of the integrations HA will set up for the
+# given domains (plus HA's always-loaded ones), closed over manifest dependencies, that are not
+# installed yet. Mirrors what HA itself would pip-install on a first start.
+_MISSING_REQUIREMENTS_SCRIPT = r"""
+import json, sys, pathlib
+import homeassistant, homeassistant.bootstrap as bootstrap
+from homeassistant.util.package import is_installed
+components = pathlib.Path(homeassistant.__file__).parent / "components"
+todo = set(json.loads(sys.argv[1])) | bootstrap.CORE_INTEGRATIONS | bootstrap.DEFAULT_INTEGRATIONS
+seen, reqs = set(), []
+while todo:
+    domain = todo.pop()
+    manifest = components / domain / "manifest.json"
+    if domain in seen or not manifest.exists():
+        continue
+    seen.add(domain)
+    data = json.loads(manifest.read_text())
+    todo.update(data.get("dependencies", []))
+    reqs.extend(r for r in data.get("requirements", []) if r not in reqs)
+print(json.dumps(sorted(r for r in reqs if not is_installed(r))))
+"""
+
+
+class HAStartError(RuntimeError):
+    """Home Assistant could not be installed, started or onboarded; the message has its log."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The virtual environment
+
+def ha_venv_dir() -> Path:
+    env = os.environ.get("HA_INGESTOR_HA_VENV")
+    return Path(env) if env else Path.home() / ".cache" / "ha-ingestor" / f"ha-{HA_VERSION}"
+
+
+def ensure_ha_venv(extra_domains: tuple[str, ...] = ()) -> Path:
+    """The HA venv, created (with HA's first-start packages) if missing. Safe to call in parallel."""
+    venv = ha_venv_dir()
+    domains = tuple(sorted(set(PREINSTALLED_DOMAINS) | set(extra_domains)))
+    marker = venv / READY_MARKER
+    if _marker_covers(marker, domains):
+        return venv
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(venv.parent / f"{venv.name}.lock"):
+        if _marker_covers(marker, domains):
+            return venv
+        if not _has_homeassistant(venv):
+            _create_venv(venv)
+        _install_missing_requirements(venv, domains)
+        marker.write_text(json.dumps({"version": HA_VERSION, "domains": list(domains)}))
+    return venv
+
+
+def _marker_covers(marker: Path, domains: tuple[str, ...]) -> bool:
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return data.get("version") == HA_VERSION and set(domains) <= set(data.get("domains", ()))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _has_homeassistant(venv: Path) -> bool:
+    python = venv / "bin" / "python"
+    if not python.exists():
+        return False
+    probe = ("import importlib.metadata as m; "
+             "print(m.version('homeassistant'), m.version('josepy'))")
+    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+    return result.returncode == 0 and result.stdout.split() == [HA_VERSION, "1.14.0"]
+
+
+def _base_python() -> str:
+    """A Python 3.11 interpreter outside any venv (HA 2024.3.3 is the last for 3.11)."""
+    explicit = os.environ.get("HA_INGESTOR_HA_PYTHON")
+    if explicit:
+        return explicit
+    return shutil.which("python3.11") or getattr(sys, "_base_executable", None) or "python3"
+
+
+def _create_venv(venv: Path) -> None:
+    _run([_base_python(), "-m", "venv", "--clear", str(venv)], "creating the HA venv")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+           "--disable-pip-version-check"]
+    _run(pip + ["--upgrade", "pip", "wheel"], "upgrading pip in the HA venv")
+    _run(pip + list(HA_PINS), f"installing homeassistant=={HA_VERSION}")
+
+
+def _install_missing_requirements(venv: Path, domains: tuple[str, ...]) -> None:
+    python = str(venv / "bin" / "python")
+    result = _run([python, "-c", _MISSING_REQUIREMENTS_SCRIPT, json.dumps(list(domains))],
+                  "listing HA integration requirements")
+    missing = json.loads(result.stdout.strip().splitlines()[-1])
+    if not missing:
+        return
+    constraints = _run([python, "-c", "import homeassistant, pathlib; print(pathlib.Path("
+                        "homeassistant.__file__).parent / 'package_constraints.txt')"],
+                       "locating HA's package constraints").stdout.strip()
+    _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+          "--constraint", constraints, *missing, HA_PINS[1]],
+         f"installing HA integration requirements {missing}")
+
+
+def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise HAStartError(f"{what} failed (exit {result.returncode}):\n"
+                           f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+BASE_CONFIG = """\
+homeassistant:
+  name: Test Home
+  latitude: 52.3731339
+  longitude: 4.8903147
+  elevation: 0
+  unit_system: metric
+  time_zone: UTC
+  country: NL
+  currency: EUR
+  language: en
+  internal_url: "http://127.0.0.1:{port}"
+
+http:
+  server_host: 127.0.0.1
+  server_port: {port}
+
+api:
+websocket_api:
+config:
+logger:
+  default: warning
+
+input_boolean:
+  acc_switch_1:
+    name: Acc switch 1
+  acc_switch_2:
+    name: Acc switch 2
+
+input_number:
+  acc_temp_1:
+    name: Acc temperature 1
+    min: -20
+    max: 50
+    step: 0.1
+    mode: box
+    unit_of_measurement: "°C"
+  acc_temp_2:
+    name: Acc temperature 2
+    min: -20
+    max: 50
+    step: 0.1
+    mode: box
+    unit_of_measurement: "°C"
+  acc_humidity:
+    name: Acc humidity
+    min: 0
+    max: 100
+    step: 1
+    mode: slider
+    unit_of_measurement: "%"
+
+counter:
+  acc_counter:
+    name: Acc counter
+    initial: 0
+    step: 1
+
+input_text:
+  acc_note:
+    name: Acc note
+    max: 100
+
+input_select:
+  acc_mode:
+    name: Acc mode
+    options: [eco, comfort, away, boost]
+
+template:
+  - sensor:
+      - name: Acc temperature average
+        unit_of_measurement: "°C"
+        device_class: temperature
+        state_class: measurement
+        state: >-
+          {{{{ ((states('input_number.acc_temp_1') | float(0)
+               + states('input_number.acc_temp_2') | float(0)) / 2) | round(2) }}}}
+
+automation:
+  - id: acc_switch_1_counts
+    alias: Acc switch 1 counts
+    mode: queued
+    max: 1000
+    trigger:
+      - platform: state
+        entity_id: input_boolean.acc_switch_1
+    action:
+      - service: counter.increment
+        target:
+          entity_id: counter.acc_counter
+"""
+
+RECORDER_CONFIG = """
+recorder:
+  commit_interval: 1
+  purge_keep_days: 2
+history:
+"""
+
+# Entities the config above creates (the automation and template sensor included).
+CONFIG_ENTITIES = (
+    "input_boolean.acc_switch_1", "input_boolean.acc_switch_2",
+    "input_number.acc_temp_1", "input_number.acc_temp_2", "input_number.acc_humidity",
+    "counter.acc_counter", "input_text.acc_note", "input_select.acc_mode",
+    "sensor.acc_temperature_average", "automation.acc_switch_1_counts",
+)
+
+
+def _yaml_domains(text: str) -> set[str]:
+    """Top-level keys of a YAML snippet (the integrations it configures)."""
+    return {line.split(":", 1)[0].split(" ", 1)[0] for line in text.splitlines()
+            if line and not line[0].isspace() and not line.startswith("#") and ":" in line}
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+class HomeAssistantServer:
+    """A real HA process on 127.0.0.1, with its config folder under ``workdir``.
+
+    The first ``start()`` writes the onboarding file, onboards an owner over REST and keeps a
+    long-lived admin token in ``workdir/ha.token``; later starts (``restart()``) reuse ``.storage``
+    and the token."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_yaml: str = "",
+                 recorder: bool = True):
+        self.workdir = Path(workdir)
+        self.config_dir = self.workdir / "config"
+        self.log_path = self.workdir / "ha.log"
+        self.port = port or free_port()
+        self.extra_yaml = textwrap.dedent(extra_yaml)
+        self.recorder = recorder
+        self.proc: subprocess.Popen | None = None
+        self.token: str | None = None
+        self.start_seconds: list[float] = []   # wall time of every start, for reports
+        self._token_path = self.workdir / "ha.token"
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/websocket"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout: float = 240) -> "HomeAssistantServer":
+        began = time.monotonic()
+        venv = ensure_ha_venv(tuple(sorted(_yaml_domains(self.extra_yaml))))
+        self._write_config()
+        argv = [str(venv / "bin" / "hass"), "--config", str(self.config_dir), "--log-no-color"]
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        env.pop("VIRTUAL_ENV", None)
+        self.proc = start_process(argv, self.log_path, env=env, cwd=self.workdir)
+        deadline = began + timeout
+        try:
+            self._wait_http(deadline)
+            if self._token_path.exists():
+                self.token = self._token_path.read_text().strip()
+            else:
+                self.token = self._onboard(deadline)
+                self._token_path.write_text(self.token)
+            self._wait_running(deadline)
+        except Exception as exc:
+            self.kill()
+            raise HAStartError(f"Home Assistant did not start: {exc}\n--- {self.log_path}:\n"
+                               f"{tail(self.log_path, 60)}") from exc
+        self.start_seconds.append(time.monotonic() - began)
+        return self
+
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM (HA stops cleanly, the recorder commits), SIGKILL after ``timeout``."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return self.kill()
+
+    def kill(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        return self.proc.wait(30)
+
+    def restart(self, timeout: float = 240) -> "HomeAssistantServer":
+        self.stop()
+        return self.start(timeout)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def client(self, timeout: float = 30) -> "HAClient":
+        if not self.token:
+            raise HAStartError("Home Assistant has not been started (no token yet)")
+        return HAClient(self.ws_url, self.token, timeout)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return tail(self.log_path, lines)
+
+    def __enter__(self) -> "HomeAssistantServer":
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
+    # -- config and start-up ------------------------------------------------------------------
+    def _write_config(self) -> None:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        text = BASE_CONFIG.format(port=self.port)
+        if self.recorder:
+            text += RECORDER_CONFIG
+        if self.extra_yaml:
+            text += "\n" + self.extra_yaml
+        (self.config_dir / "configuration.yaml").write_text(text)
+        onboarding = self.config_dir / ".storage" / "onboarding"
+        if not onboarding.exists():
+            # core_config done up front: completing it over REST starts config flows that call
+            # the internet (met, radio_browser).
+            onboarding.parent.mkdir(parents=True, exist_ok=True)
+            onboarding.write_text(json.dumps({"version": 4, "minor_version": 1,
+                                              "key": "onboarding",
+                                              "data": {"done": ["core_config"]}}))
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise HAStartError(f"the hass process exited with {self.proc.returncode}")
+
+    def _wait_http(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            self._check_alive()
+            status, _ = self._http("GET", "/manifest.json", timeout=2)
+            if status:   # any HTTP answer: the server is up
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"no HTTP answer on {self.url}")
+
+    def _wait_running(self, deadline: float) -> None:
+        """HA answers HTTP before every integration is set up; wait for state RUNNING."""
+        while time.monotonic() < deadline:
+            self._check_alive()
+            status, body = self._http("GET", "/api/config", auth=True, timeout=5)
+            if status == 200 and json.loads(body).get("state") == "RUNNING":
+                return
+            time.sleep(0.2)
+        raise TimeoutError("Home Assistant did not reach state RUNNING")
+
+    def _onboard(self, deadline: float) -> str:
+        client_id = self.url + "/"
+        body = self._retry_json("POST", "/api/onboarding/users",
+                                {"client_id": client_id, **OWNER}, deadline)
+        form = urllib.parse.urlencode({"grant_type": "authorization_code",
+                                       "code": body["auth_code"], "client_id": client_id})
+        status, raw = self._http("POST", "/auth/token", data=form.encode(),
+                                 ctype="application/x-www-form-urlencoded")
+        if status != 200:
+            raise HAStartError(f"/auth/token answered {status}: {raw[:300]!r}")
+        self.token = json.loads(raw)["access_token"]
+        for path, payload in (("/api/onboarding/analytics", {}),
+                              ("/api/onboarding/integration",
+                               {"client_id": client_id, "redirect_uri": client_id})):
+            self._http("POST", path, data=json.dumps(payload).encode(), auth=True)
+        with HAClient(self.ws_url, self.token) as client:
+            return client.command({"type": "auth/long_lived_access_token",
+                                   "client_name": "ha-ingestor tests", "lifespan": 365})
+
+    def _retry_json(self, method: str, path: str, payload: dict, deadline: float) -> dict:
+        """The onboarding views register a moment after HTTP is up: retry until they answer."""
+        last = None
+        while time.monotonic() < deadline:
+            self._check_alive()
+            status, raw = self._http(method, path, data=json.dumps(payload).encode())
+            if status == 200:
+                return json.loads(raw)
+            last = (status, raw[:300])
+            time.sleep(0.3)
+        raise TimeoutError(f"{method} {path} kept failing: {last}")
+
+    def _http(self, method: str, path: str, data: bytes | None = None, auth: bool = False,
+              ctype: str = "application/json", timeout: float = 10) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Content-Type", ctype)
+        if auth and self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+
+# ---------------------------------------------------------------------------------------------
+# A small synchronous WebSocket client for driving and observing HA in tests
+
+class HAClientError(RuntimeError):
+    """HA answered a command with ``success: false``; ``.code`` is HA's error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class HAClient:
+    """Authenticates on connect. ``command()`` waits for its result; events that arrive meanwhile
+    are kept for ``recv_event()``. Not thread-safe: one test thread per client."""
+
+    def __init__(self, ws_url: str, token: str, timeout: float = 30):
+        self.timeout = timeout
+        self.ws = websocket.create_connection(ws_url, timeout=timeout)
+        self._next_id = 1
+        self._events: deque[dict] = deque()
+        self._results: dict[int, dict] = {}
+        first = json.loads(self.ws.recv())
+        if first.get("type") != "auth_required":
+            raise HAClientError("protocol", f"expected auth_required, got {first}")
+        self.ws.send(json.dumps({"type": "auth", "access_token": token}))
+        reply = json.loads(self.ws.recv())
+        if reply.get("type") != "auth_ok":
+            self.ws.close()
+            raise HAClientError(reply.get("type", "?"), reply.get("message", str(reply)))
+        self.ha_version = reply.get("ha_version")
+
+    def send(self, message: dict) -> int:
+        """Send a command without waiting; returns its id (collect with ``result(id)``)."""
+        msg_id = self._next_id
+        self._next_id += 1
+        self.ws.send(json.dumps({"id": msg_id, **message}))
+        return msg_id
+
+    def result(self, msg_id: int, timeout: float | None = None) -> Any:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while msg_id not in self._results:
+            self._read_one(deadline)
+        reply = self._results.pop(msg_id)
+        if reply.get("type") == "pong":
+            return None
+        if not reply.get("success"):
+            error = reply.get("error") or {}
+            raise HAClientError(error.get("code", "?"), error.get("message", ""))
+        return reply.get("result")
+
+    def command(self, message: dict, timeout: float | None = None) -> Any:
+        return self.result(self.send(message), timeout)
+
+    def call_service(self, domain: str, service: str, data: dict | None = None,
+                     target: dict | None = None, wait: bool = True) -> Any:
+        message: dict[str, Any] = {"type": "call_service", "domain": domain, "service": service}
+        if data:
+            message["service_data"] = data
+        if target:
+            message["target"] = target
+        return self.command(message) if wait else self.send(message)
+
+    def subscribe_events(self, event_type: str | None = None) -> int:
+        message: dict[str, Any] = {"type": "subscribe_events"}
+        if event_type:
+            message["event_type"] = event_type
+        msg_id = self.send(message)
+        self.result(msg_id)
+        return msg_id
+
+    def recv_event(self, timeout: float = 10) -> dict | None:
+        """The next event (the ``event`` object of an event frame), or None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self._events:
+            try:
+                self._read_one(deadline)
+            except TimeoutError:
+                return None
+        return self._events.popleft()
+
+    def get_states(self) -> list[dict]:
+        return self.command({"type": "get_states"})
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ws.close()
+
+    def __enter__(self) -> "HAClient":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def _read_one(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no answer from Home Assistant in time")
+        self.ws.settimeout(remaining)
+        try:
+            raw = self.ws.recv()
+        except websocket.WebSocketTimeoutException as exc:
+            raise TimeoutError("no answer from Home Assistant in time") from exc
+        payload = json.loads(raw)
+        for message in payload if isinstance(payload, list) else [payload]:
+            if message.get("type") == "event":
+                self._events.append(message["event"])
+            elif "id" in message:
+                self._results[message["id"]] = message
