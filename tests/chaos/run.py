@@ -1,0 +1,241 @@
+"""One chaos run: servers up, ledger listening, pipeline running, steady load, the seeded faults,
+then the ledger compared with both InfluxDB databases."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tests.chaos import faults, procfs, verify
+from tests.chaos.homeassistant import HomeAssistantServer
+from tests.chaos.ledger import HALedger, MqttLedger, recorder_changes
+from tests.chaos.load import HALoad, MqttLoad, mqtt_topics
+from tests.chaos.pipeline import Pipeline, ingestor_config
+from tests.chaos.servers import InfluxServer, MosquittoServer
+
+OURS_DB = "ingestor"
+HA_DB = "ha_integration"
+MQTT_FILTERS = ["zigbee2mqtt/#", "tele/#"]
+SETTLE_TIMEOUT_S = 180
+
+
+@dataclass
+class Report:
+    profile: str
+    seed: int
+    load_s: float = 0.0
+    rates: dict = field(default_factory=dict)
+    outcomes: list = field(default_factory=list)
+    ours_ha: verify.Column = field(default_factory=verify.Column)
+    ours_mqtt: verify.Column = field(default_factory=verify.Column)
+    integration_ha: verify.Column = field(default_factory=verify.Column)
+    ledger: dict = field(default_factory=dict)
+    peak_rss_mb: dict = field(default_factory=dict)
+    settle_s: float | None = None
+    workdir: str = ""
+    with_pipeline: bool = True
+
+    @property
+    def fault_errors(self) -> list[str]:
+        return [f"{o.kind} at {o.started_s} s: {o.error}" for o in self.outcomes if o.error]
+
+    @property
+    def passed(self) -> bool:
+        if not self.with_pipeline:
+            return not self.fault_errors
+        return self.ours_ha.clean and self.ours_mqtt.clean and not self.fault_errors
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["passed"] = self.passed
+        return out
+
+
+class ChaosRun:
+    def __init__(self, workdir: Path, profile: faults.Profile, seed: int,
+                 ingestor_env: dict | None = None, steps: list[faults.Step] | None = None,
+                 schema: dict | None = None, with_pipeline: bool = True, log=print) -> None:
+        self.workdir = workdir
+        self.profile = profile
+        self.seed = seed
+        self.steps = steps if steps is not None else faults.plan(profile, seed)
+        self.with_pipeline = with_pipeline
+        if not with_pipeline:   # servers, load, ledger and HA's integration only
+            self.steps = [s for s in self.steps if s.kind not in faults.PIPELINE_KINDS]
+        self.ingestor_env = ingestor_env or {}
+        self.schema = schema
+        self.log = log
+        self.report = Report(profile.name, seed, workdir=str(workdir),
+                             rates={"ha": profile.ha_rate, "mqtt": profile.mqtt_rate},
+                             with_pipeline=with_pipeline)
+        self.pipeline = None
+        self.rss: dict[str, float] = {}
+        self._t0 = None
+        self._sampling = threading.Event()
+
+    # -- set-up and tear-down -------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.log(f"servers in {self.workdir}")
+        self.influx = InfluxServer(self.workdir)
+        self.influx.start()
+        for db in (OURS_DB, HA_DB):
+            self.influx.create_database(db)
+        self.mosquitto = MosquittoServer(self.workdir)
+        self.mosquitto.start()
+        self.ha = HomeAssistantServer(self.workdir, influx_port=self.influx.port, influx_db=HA_DB)
+        self.ha.start()
+        rng = random.Random(self.seed)
+        self.topics = mqtt_topics(rng)
+        self.mqtt_ledger = MqttLedger(self.mosquitto.port, MQTT_FILTERS)
+        self.mqtt_ledger.start()
+        self.ha_ledger = HALedger(self.ha.connect)
+        self.ha_ledger.start()
+        extra = {"schema": self.schema} if self.schema else None
+        config = ingestor_config(self.workdir, self.mosquitto.port, self.ha.ws_url,
+                                 self.influx.url, OURS_DB, MQTT_FILTERS, extra)
+        if self.with_pipeline:
+            self.pipeline = Pipeline(self.workdir, config,
+                                     env={"CHAOS_HA_TOKEN": self.ha.token, **self.ingestor_env})
+            self.pipeline.start()
+        self.ha_load = HALoad(self.ha.connect, self.ha.entities, self.profile.ha_rate,
+                              random.Random(self.seed + 1))
+        self.mqtt_load = MqttLoad(self.mosquitto.port, self.topics, self.profile.mqtt_rate,
+                                  random.Random(self.seed + 2))
+
+    def teardown(self) -> None:
+        self._sampling.set()
+        for name in ("ha_load", "mqtt_load", "ha_ledger", "mqtt_ledger"):
+            part = getattr(self, name, None)
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:
+                    pass
+        for name in ("pipeline", "ha", "mosquitto", "influx"):
+            server = getattr(self, name, None)
+            if server is not None:
+                try:
+                    server.stop()
+                except Exception as exc:
+                    self.log(f"stopping {name}: {exc}")
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    def execute(self) -> Report:
+        self.log("plan: " + ", ".join(f"+{s.gap_before_s}s {s.kind}" for s in self.steps))
+        self.since_ns = time.time_ns()
+        self._t0 = time.monotonic()
+        self.ha_load.start()
+        self.mqtt_load.start()
+        threading.Thread(target=self._sample_loop, daemon=True).start()
+        time.sleep(self.profile.warmup_s)
+        injector = faults.Injector(self, self.profile, self.log)
+        for step in self.steps:
+            time.sleep(step.gap_before_s)
+            self.report.outcomes.append(injector.inflict(step.kind))
+        time.sleep(self.profile.tail_s)
+        self.ha_load.stop()
+        self.mqtt_load.stop()
+        self.report.load_s = round(self.elapsed(), 1)
+        self.log(f"load stopped after {self.report.load_s} s: {self.ha_load.sent} HA calls, "
+                 f"{self.mqtt_load.seq} MQTT publishes; settling")
+        time.sleep(3)               # trailing events reach the ledgers
+        self.ha_ledger.stop()
+        self.mqtt_ledger.stop()
+        time.sleep(2)               # HA's recorder commits every second
+        self._settle()
+        self._sampling.set()
+        self.report.peak_rss_mb = {k: round(v, 1) for k, v in self.rss.items()}
+        return self.report
+
+    def _fired(self) -> tuple[dict, dict]:
+        bus = self.ha_ledger.seen
+        recorded = recorder_changes(self.ha.recorder_db, self.since_ns // 1000)
+        ha_fired = {e: bus.get(e, set()) | recorded.get(e, set()) for e in set(bus) | set(recorded)}
+        seen = set(self.mqtt_ledger.topic_of)
+        accepted = set(self.mqtt_load.accepted)
+        self.report.ledger = {
+            "ha_bus_events": sum(len(v) for v in bus.values()),
+            "ha_recorder_only": sum(len(v - bus.get(e, set())) for e, v in recorded.items()),
+            "ha_bus_only": sum(len(v - recorded.get(e, set())) for e, v in bus.items()),
+            "ha_ledger_gaps": len(self.ha_ledger.gaps),
+            "ha_calls": self.ha_load.sent, "ha_call_errors": self.ha_load.errors,
+            "ha_calls_skipped": self.ha_load.skipped,
+            "mqtt_published": self.mqtt_load.seq, "mqtt_accepted": len(accepted),
+            "mqtt_ledger_seen": len(seen), "mqtt_accepted_not_seen": len(accepted - seen),
+            "mqtt_publishes_skipped": self.mqtt_load.skipped,
+        }
+        mqtt_fired = verify.by_topic(seen | accepted, self.mqtt_ledger.topic_of,
+                                     self.mqtt_load.topic_of)
+        return ha_fired, mqtt_fired
+
+    def _settle(self) -> None:
+        """Compare until our pipeline has everything, or nothing changed for a while."""
+        ha_fired, mqtt_fired = self._fired()
+        started = time.monotonic()
+        last, last_change = None, time.monotonic()
+        while True:
+            self._compare(ha_fired, mqtt_fired)
+            if self.pipeline is None:
+                return
+            missing = self.report.ours_ha.lost + self.report.ours_mqtt.lost
+            backlog = self.pipeline.backlog()
+            if missing == 0 and backlog == 0:
+                self.report.settle_s = round(time.monotonic() - started, 1)
+                return
+            if (missing, backlog) != last:
+                last, last_change = (missing, backlog), time.monotonic()
+            if time.monotonic() - last_change > 30 or time.monotonic() - started > SETTLE_TIMEOUT_S:
+                self.log(f"gave up settling: {missing} missing, backlog {backlog}")
+                return
+            time.sleep(3)
+
+    def _compare(self, ha_fired: dict, mqtt_fired: dict) -> None:
+        r, since = self.report, self.since_ns
+        r.ours_ha = verify.compare(ha_fired, verify.ha_points(self.influx, OURS_DB, since))
+        r.integration_ha = verify.compare(ha_fired, verify.ha_points(self.influx, HA_DB, since))
+        r.ours_mqtt = verify.compare(mqtt_fired, verify.mqtt_points(
+            self.influx, OURS_DB, since, self.mqtt_ledger.topic_of))
+
+    # -- process sampling -------------------------------------------------------------------------
+
+    def _sample_loop(self) -> None:
+        while not self._sampling.wait(1.0):
+            self.sample_memory({})
+
+    def sample_memory(self, detail: dict) -> None:
+        if self.pipeline is None:
+            return
+        try:
+            children = self.pipeline.children()
+        except Exception:
+            return
+        for role, pid in children.items():
+            try:
+                mb = procfs.memory(pid).rss_bytes / 2**20
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            self.rss[role] = max(self.rss.get(role, 0.0), mb)
+            key = f"peak_rss_mb_{role}"
+            detail[key] = round(max(detail.get(key, 0.0), mb), 1)
+
+
+def run_chaos(workdir: Path, profile: str | faults.Profile, seed: int, **kwargs) -> Report:
+    if isinstance(profile, str):
+        profile = faults.PROFILES[profile]
+    run = ChaosRun(workdir, profile, seed, **kwargs)
+    try:
+        run.setup()
+        report = run.execute()
+    finally:
+        run.teardown()
+    (workdir / "report.json").write_text(json.dumps(report.as_dict(), indent=2, default=str))
+    return report
