@@ -145,12 +145,21 @@ class InfluxServer:
                 rows.append(row)
         return rows
 
-    def count(self, db: str, measurement: str = "/.*/", field: str = "*") -> int:
-        """Total number of field values ``count(field)`` over the measurements (all fields)."""
-        total = 0
-        for row in self.query(f"SELECT count({field}) FROM {measurement}", db):
-            total += sum(v for k, v in row.items() if k.startswith("count") and v)
-        return total
+    def series_counts(self, db: str) -> dict[tuple, int]:
+        """Points per series: {(measurement, ((tag, value), ...)): count}. Every point is counted
+        once, whichever fields it has (InfluxDB itself keeps one point per series and time)."""
+        counts: dict[tuple, int] = {}
+        for measurement in [row["name"] for row in self.query("SHOW MEASUREMENTS", db)]:
+            name = measurement.replace("\\", "\\\\").replace('"', '\\"')
+            result = self._raw_query(f'SELECT * FROM "{name}" GROUP BY *', db)
+            for series in result["results"][0].get("series", []):
+                key = (measurement, tuple(sorted((series.get("tags") or {}).items())))
+                counts[key] = counts.get(key, 0) + len(series.get("values", []))
+        return counts
+
+    def points(self, db: str) -> int:
+        """Total number of points in ``db``."""
+        return sum(self.series_counts(db).values())
 
     def create_database(self, name: str) -> None:
         self._raw_query(f'CREATE DATABASE "{name}"')
@@ -239,3 +248,60 @@ def victoriametrics(tmp_path):
     server = VictoriaMetricsServer(tmp_path / "victoriametrics").start()
     yield server
     server.stop()
+
+
+# ---- workloads: realistic events for writer tests and the writer benchmark ----------------------
+
+def ha_state_event(entity_id: str, state: str, attributes: dict, time_ns: int,
+                   kind: str = "live") -> dict:
+    """An HA ``state_changed`` envelope shaped like the real frames in the HA samples."""
+    from datetime import datetime, timezone
+
+    from ha_ingestor.envelope import ha_event
+    stamp = datetime.fromtimestamp(time_ns // 1000 / 1e6, tz=timezone.utc)
+    stamp = stamp.replace(microsecond=(time_ns // 1000) % 1_000_000).isoformat()
+    context = {"id": f"01H{time_ns:023d}"[:26], "parent_id": None, "user_id": None}
+    new_state = {"entity_id": entity_id, "state": state, "attributes": attributes,
+                 "last_changed": stamp, "last_updated": stamp, "context": context}
+    event = {"event_type": "state_changed",
+             "data": {"entity_id": entity_id, "old_state": None, "new_state": new_state},
+             "origin": "LOCAL", "time_fired": stamp, "context": context}
+    return ha_event(event, kind, received_ns=time_ns + 1_000_000)
+
+
+def mixed_events(count: int, start_ns: int, step_ns: int = 1_000_000, sensors: int = 50,
+                 ) -> list[dict]:
+    """``count`` envelopes, one point each: HA temperature sensors, switches, call_service events
+    and zigbee2mqtt / plain MQTT messages, every one at its own time (``step_ns`` apart)."""
+    from ha_ingestor.envelope import ha_event, mqtt_event
+    events = []
+    for i in range(count):
+        t = start_ns + i * step_ns
+        kind = i % 5
+        n = i % sensors
+        if kind == 0:
+            events.append(ha_state_event(
+                f"sensor.room_{n}_temperature", f"{20 + (i % 100) / 10:.1f}",
+                {"state_class": "measurement", "unit_of_measurement": "°C",
+                 "device_class": "temperature", "friendly_name": f"Room {n} temperature"}, t))
+        elif kind == 1:
+            events.append(ha_state_event(
+                f"switch.plug_{n}", "on" if i % 2 else "off",
+                {"friendly_name": f"Plug {n}", "icon": "mdi:power"}, t))
+        elif kind == 2:
+            stamp = ha_state_event("x.y", "1", {}, t)["event"]["time_fired"]
+            events.append(ha_event({
+                "event_type": "call_service",
+                "data": {"domain": "light", "service": "turn_on",
+                         "service_data": {"entity_id": [f"light.lamp_{n}"], "brightness": i % 255}},
+                "origin": "LOCAL", "time_fired": stamp,
+                "context": {"id": f"ctx{i}", "parent_id": None, "user_id": None}},
+                received_ns=t))
+        elif kind == 3:
+            payload = (f'{{"temperature":{18 + i % 70 / 10},"humidity":{40 + i % 30},'
+                       f'"battery":{i % 100},"linkquality":{i % 255},"voltage":2975}}')
+            events.append(mqtt_event(f"zigbee2mqtt/sensor_{n}", payload.encode(), 1, False, t))
+        else:
+            events.append(mqtt_event(f"home/room_{n}/power", str(i % 3000).encode(), 0,
+                                     False, t))
+    return events

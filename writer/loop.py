@@ -1,0 +1,294 @@
+"""The writer loop: queue files → points → InfluxDB, acking only what InfluxDB accepted.
+
+One round: take up to ``influxdb.batch_size`` events fairly from every queue file (waiting at most
+``influxdb.flush_interval`` for a batch to fill), convert them, write the lines, then store dead
+letters and ack the queue items. A write has three outcomes:
+
+- accepted: ack;
+- some lines rejected (400/422): bisect the batch down to the rejected lines, write the rest,
+  dead-letter only the events whose lines InfluxDB rejects, with its reason; 413: split;
+- not written (network, 5xx, 429, wrong credentials, missing database): keep the batch and retry
+  for ever with the shared backoff (honouring ``Retry-After``); nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ha_ingestor import metrics
+from ha_ingestor.backoff import Backoff
+from ha_ingestor.envelope import SOURCES
+from ha_ingestor.errors import PermanentError, TransientError
+from ha_ingestor.lifecycle import StopFlag
+from ha_ingestor.queue import Batch, Consumer, queue_file
+from writer.convert import ConversionError, Converter
+from writer.sinks import AccessDenied, Sink, TooLarge
+
+log = logging.getLogger("writer")
+
+IDLE_POLL_S = 0.05          # how often an idle writer looks for new events
+NEW_FILE_CHECK_S = 1.0      # how often it looks for a queue file that did not exist yet
+STATUS_EVERY_S = 5.0        # queue gauges and the progress line
+BEHIND_THRESHOLD = 20_000   # events waiting before the progress line appears
+ACCESS_BACKOFF = dict(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
+
+
+class Stopping(Exception):
+    """A stop was requested while a batch could not be written; it stays in the queue."""
+
+
+@dataclass
+class Round:
+    """The events taken in one round, and what became of them."""
+
+    taken: dict[str, list[Batch]] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+    owners: list[tuple[str, dict]] = field(default_factory=list)     # per line: (source, event)
+    dead: dict[str, list[tuple[dict, str]]] = field(default_factory=dict)
+    events: int = 0
+
+    def add_dead(self, source: str, event: dict, reason: str) -> None:
+        self.dead.setdefault(source, []).append((event, reason))
+
+
+class WriterLoop:
+    def __init__(self, queue_dir: Path, sink: Sink, converter: Converter, stop: StopFlag,
+                 batch_size: int, flush_interval: float):
+        self.queue_dir = Path(queue_dir)
+        self.sink = sink
+        self.converter = converter
+        self.stop = stop
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.consumers: dict[str, Consumer] = {}
+        self.backoff = Backoff()
+        self.access_backoff = Backoff(**ACCESS_BACKOFF)
+        self.influx_ok = False
+        self.queue_ok = True
+        self._next_source = 0
+        self._checked_files_at = 0.0
+        self._status_at = 0.0
+        self._points_since_status = 0
+        self._failing_since: float | None = None
+
+    # ---- life cycle -----------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self.influx_ok and self.queue_ok
+
+    def run(self) -> None:
+        """Until a stop is requested: take, convert, write, ack. The batch in hand is finished
+        (or, if InfluxDB cannot take it, left in the queue) before returning."""
+        self.influx_ok = self.sink.ping()
+        metrics.INFLUX_UP.set(1 if self.influx_ok else 0)
+        metrics.CONNECTED.labels(component="writer").set(1 if self.influx_ok else 0)
+        try:
+            while not self.stop.is_set():
+                self._open_new_files()
+                self._report_status()
+                batch = self._take_round()
+                if batch.events == 0:
+                    self.stop.wait(IDLE_POLL_S)
+                    continue
+                self._process(batch)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for consumer in self.consumers.values():
+            consumer.close()
+        self.consumers.clear()
+        self.sink.close()
+
+    # ---- taking events --------------------------------------------------------------------------
+
+    def _open_new_files(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked_files_at < NEW_FILE_CHECK_S:
+            return
+        self._checked_files_at = now
+        for source in SOURCES:
+            if source not in self.consumers and queue_file(self.queue_dir, source).exists():
+                self.consumers[source] = Consumer(self.queue_dir, source)
+                log.info("reading queue %s", queue_file(self.queue_dir, source))
+
+    def _take_round(self) -> Round:
+        """Up to batch_size events, fairly across sources; waits up to flush_interval for more
+        when the first take did not fill the batch."""
+        batch = Round()
+        deadline = time.monotonic() + self.flush_interval
+        while True:
+            took = self._take_fair(batch)
+            if batch.events >= self.batch_size or self.stop.is_set():
+                break
+            remaining = deadline - time.monotonic()
+            if batch.events == 0 or remaining <= 0:
+                break
+            if not took:
+                self.stop.wait(min(IDLE_POLL_S, remaining))
+        return batch
+
+    def _take_fair(self, batch: Round) -> bool:
+        sources = list(self.consumers)
+        if not sources:
+            return False
+        took = False
+        start = self._next_source % len(sources)
+        self._next_source += 1
+        order = sources[start:] + sources[:start]
+        for i, source in enumerate(order):
+            room = self.batch_size - batch.events
+            if room <= 0:
+                break
+            share = max(1, room // (len(order) - i))
+            items = self.consumers[source].take(share)
+            if items:
+                took = True
+                batch.taken.setdefault(source, []).extend(items)
+                for item in items:
+                    batch.events += len(item.events)
+                    self._convert(batch, source, item.events)
+        return took
+
+    def _convert(self, batch: Round, source: str, events: list[dict]) -> None:
+        convert = self.converter.convert
+        for event in events:
+            try:
+                line = convert(event)
+            except ConversionError as exc:
+                batch.add_dead(source, event, f"conversion: {exc}")
+                continue
+            if line is not None:
+                batch.lines.append(line)
+                batch.owners.append((source, event))
+
+    # ---- writing --------------------------------------------------------------------------------
+
+    def _process(self, batch: Round) -> None:
+        try:
+            rejected = self._deliver(batch.lines, 0) if batch.lines else []
+        except Stopping:
+            for source, items in batch.taken.items():
+                self.consumers[source].nack(item.item_id for item in items)
+            log.warning("stopping with %d events not written; they stay in the queue",
+                        batch.events)
+            return
+        for index, reason in rejected:
+            source, event = batch.owners[index]
+            batch.add_dead(source, event, f"rejected by InfluxDB: {reason}")
+        self._finish(batch, len(batch.lines) - len(rejected))
+
+    def _finish(self, batch: Round, points: int) -> None:
+        for source, items in batch.taken.items():
+            consumer = self.consumers[source]
+            dead = batch.dead.get(source, [])
+            if dead:
+                consumer.dead_letter(dead)
+                for _event, reason in dead:
+                    metrics.DEAD_LETTERS.labels(source=source,
+                                                reason=reason.split(":", 1)[0]).inc()
+                log.warning("%d %s events moved to the dead-letter store, first: %s",
+                            len(dead), source, dead[0][1][:300])
+            consumer.ack(item.item_id for item in items)
+            metrics.EVENTS_WRITTEN.labels(source=source).inc(sum(len(i.events) for i in items))
+        metrics.POINTS_WRITTEN.inc(points)
+        self._points_since_status += points
+
+    def _deliver(self, lines: list[str], offset: int) -> list[tuple[int, str]]:
+        """Write ``lines``; returns (index, reason) of the lines InfluxDB rejects for good."""
+        try:
+            self._write_retrying(lines)
+            return []
+        except TooLarge:
+            if len(lines) == 1:
+                return [(offset, "line larger than InfluxDB's max-body-size")]
+        except PermanentError as exc:
+            if len(lines) == 1:
+                return [(offset, str(exc))]
+        half = len(lines) // 2
+        return self._deliver(lines[:half], offset) + self._deliver(lines[half:], offset + half)
+
+    def _write_retrying(self, lines: list[str]) -> None:
+        """Write until InfluxDB accepts or rejects the lines; raises Stopping on a stop request."""
+        while True:
+            started = time.monotonic()
+            try:
+                self.sink.write(lines)
+            except (TransientError, AccessDenied) as exc:
+                self._wait_after(exc)
+                continue
+            except PermanentError:
+                self._mark_up(True)   # InfluxDB answered: it is up
+                raise
+            metrics.WRITE_LATENCY.observe(time.monotonic() - started)
+            self._mark_up(True)
+            return
+
+    def _wait_after(self, exc: Exception) -> None:
+        self._mark_up(False)
+        if isinstance(exc, AccessDenied):
+            metrics.WRITE_RETRIES.labels(reason="access").inc()
+            delay = self.access_backoff.next_delay()
+            log.error("%s; nothing is dropped, retrying in %.0f s", exc, delay)
+        else:
+            metrics.WRITE_RETRIES.labels(reason="transient").inc()
+            delay = self.backoff.next_delay(at_least=getattr(exc, "retry_after", None))
+            if self.backoff.attempts == 1 or self.backoff.attempts % 10 == 0:
+                log.warning("InfluxDB write failed (%s); keeping the batch, retry %d in %.1f s",
+                            exc, self.backoff.attempts, delay)
+        if self.stop.wait(delay):
+            raise Stopping()
+
+    def _mark_up(self, up: bool) -> None:
+        if up and not self.influx_ok and self._failing_since is not None:
+            log.info("InfluxDB accepts writes again after %.0f s",
+                     time.monotonic() - self._failing_since)
+        if up:
+            self.backoff.reset()
+            self.access_backoff.reset()
+            self._failing_since = None
+        elif self._failing_since is None:
+            self._failing_since = time.monotonic()
+        self.influx_ok = up
+        metrics.INFLUX_UP.set(1 if up else 0)
+        metrics.CONNECTED.labels(component="writer").set(1 if up else 0)
+
+    # ---- status ---------------------------------------------------------------------------------
+
+    def _report_status(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._status_at
+        if elapsed < STATUS_EVERY_S:
+            return
+        behind = 0
+        try:
+            for source, consumer in self.consumers.items():
+                status = consumer.status()
+                behind += status.ready + status.in_flight
+                metrics.QUEUE_READY.labels(source=source).set(status.ready)
+                metrics.QUEUE_IN_FLIGHT.labels(source=source).set(status.in_flight)
+                metrics.QUEUE_DEAD.labels(source=source).set(status.dead)
+                metrics.QUEUE_OLDEST_AGE.labels(source=source).set(status.oldest_age_s or 0)
+                metrics.QUEUE_BYTES.labels(source=source).set(status.bytes)
+            self.queue_ok = True
+        except Exception as exc:   # a status read failing must not stop the writing
+            self.queue_ok = False
+            log.error("cannot read queue status: %s", exc)
+        if self._status_at and behind >= BEHIND_THRESHOLD:
+            rate = self._points_since_status / elapsed if elapsed > 0 else 0.0
+            log.info("%s", progress_line(behind, rate))
+        self._status_at = now
+        self._points_since_status = 0
+
+
+def progress_line(behind: int, points_per_s: float) -> str:
+    """``412 000 behind, 96 000 points/s, about 4 s``"""
+    eta = f"about {behind / points_per_s:.0f} s" if points_per_s > 0 else "not draining"
+    return f"{_thousands(behind)} behind, {_thousands(round(points_per_s))} points/s, {eta}"
+
+
+def _thousands(number: int) -> str:
+    return f"{number:,}".replace(",", " ")
