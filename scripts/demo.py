@@ -40,7 +40,7 @@ import yaml  # noqa: E402
 DEMO_DIR = ROOT / ".demo"
 DATABASE = "home_assistant"
 DEBIAN_PACKAGES = {"mosquitto": "mosquitto", "influxd": "influxdb"}
-HA_TAGS = ("entity_id", "event_type")         # tag keys only the HA collector's points carry
+MQTT_TAG = "topic"       # every MQTT point carries it (schema.mqtt.topic_tag)
 
 
 def say(message: str) -> None:
@@ -372,7 +372,7 @@ def measurement_table(influx) -> list[tuple[str, str, int]]:
     for row in influx.query("SHOW MEASUREMENTS", DATABASE):
         name = row["name"]
         tags = {r["tagKey"] for r in influx.query(f'SHOW TAG KEYS FROM "{name}"', DATABASE)}
-        source = "ha" if tags & set(HA_TAGS) else "mqtt"
+        source = "mqtt" if MQTT_TAG in tags else "ha"
         counts = influx.query(f'SELECT count(*) FROM "{name}"', DATABASE)
         points = max((v for r in counts for k, v in r.items() if k.startswith("count") and v),
                      default=0)

@@ -1,0 +1,145 @@
+"""/metrics, /healthz and /readyz of the real processes, against real Mosquitto and InfluxDB 1.6.7.
+
+What an administrator checks: the Prometheus text parses, its counters say what was really sent
+and written, and the writer's /readyz follows InfluxDB going away and coming back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ha_ingestor.envelope import mqtt_event
+from ha_ingestor.queue import Producer
+from tests.support.fixtures_mosquitto import publish
+from tests.support.procs import tail, wait_until
+
+DB = "home_assistant"
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics as {(name, sorted labels): value}; fails if it does not parse."""
+    status, text = http_get(port, "/metrics")
+    assert status == 200, f"/metrics answered {status}"
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_ready(port: int, what: str, timeout: float = 30) -> None:
+    wait_until(lambda: http_get(port, "/readyz")[0] == 200, timeout, f"{what} /readyz 200")
+
+
+def influx_values(influxdb, measurement: str, field: str, where: str = "") -> list[float]:
+    rows = influxdb.query(f'SELECT "{field}" FROM "{measurement}" {where}', DB)
+    return [row[field] for row in rows]
+
+
+@pytest.fixture
+def pipeline(mosquitto, influxdb, ingestor):
+    """`collect mqtt` and `write` as separate processes, each with its own endpoint."""
+    influxdb.create_database(DB)
+    ing = ingestor({"mqtt": {"enabled": True, "host": "127.0.0.1", "port": mosquitto.port,
+                             "client_id": "metrics-test"},
+                    "influxdb": {"url": influxdb.url, "database": DB, "flush_interval": "200ms"}})
+    ports = ing.config["metrics"]["ports"]
+    procs = {"mqtt": ing.start("collect", "mqtt", log="mqtt"),
+             "writer": ing.start("write", log="writer")}
+    for name in procs:
+        try:
+            wait_ready(ports[name], name)
+        except TimeoutError:
+            raise AssertionError(f"{name} not ready:\n{tail(ing.log_path(name))}") from None
+    return ing, ports, procs
+
+
+def test_metrics_parse_and_counters_agree_with_what_was_sent(pipeline, mosquitto, influxdb):
+    ing, ports, _procs = pipeline
+    sent = 2000
+    publish(mosquitto.port, sent, topic="metrics/test", qos=1,
+            payloads=[str(i).encode() for i in range(sent)])
+    wait_until(lambda: len(influx_values(influxdb, "mqtt", "value")) >= sent, 60,
+               f"{sent} points in InfluxDB")
+    assert sorted(influx_values(influxdb, "mqtt", "value")) == list(map(float, range(sent)))
+
+    collector = scrape(ports["mqtt"])
+    assert value(collector, "ha_ingestor_events_received_total", source="mqtt") == sent
+    assert value(collector, "ha_ingestor_events_committed_total", source="mqtt") == sent
+    assert 1 <= value(collector, "ha_ingestor_batches_committed_total", source="mqtt") <= sent
+    assert value(collector, "ha_ingestor_connected", component="mqtt") == 1
+    assert value(collector, "ha_ingestor_commit_latency_seconds_count", source="mqtt") > 0
+
+    def writer_caught_up():
+        writer = scrape(ports["writer"])
+        return (value(writer, "ha_ingestor_events_written_total", source="mqtt") == sent
+                and value(writer, "ha_ingestor_queue_ready_events", source="mqtt") == 0)
+    wait_until(writer_caught_up, 20, "writer metrics up to date")
+    writer = scrape(ports["writer"])
+    assert value(writer, "ha_ingestor_points_written_total") == sent
+    assert value(writer, "ha_ingestor_influxdb_up") == 1
+    assert value(writer, "ha_ingestor_connected", component="writer") == 1
+    assert value(writer, "ha_ingestor_write_latency_seconds_count") >= 1
+    assert value(writer, "ha_ingestor_queue_in_flight_events", source="mqtt") == 0
+    for port in (ports["mqtt"], ports["writer"]):
+        assert http_get(port, "/healthz")[0] == 200
+
+
+def test_writer_readyz_follows_influxdb_and_nothing_is_lost(influxdb, ingestor):
+    influxdb.create_database(DB)
+    ing = ingestor({"influxdb": {"url": influxdb.url, "database": DB, "flush_interval": "100ms",
+                                 "timeout": "2s"}})
+    port = ing.config["metrics"]["ports"]["writer"]
+    ing.start("write", log="writer")
+    wait_ready(port, "writer")
+
+    producer = Producer(ing.queue_dir, "mqtt", 2**30)   # events arrive the way a collector adds them
+    appended, stop = [], threading.Event()
+
+    def trickle():
+        while not stop.is_set():
+            i = len(appended)
+            producer.append([mqtt_event("readyz/test", str(i).encode(), 1, False)])
+            appended.append(i)
+            stop.wait(0.1)
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(influx_values(influxdb, "mqtt", "value")) >= 5, 20, "first points")
+        influxdb.stop()
+        wait_until(lambda: http_get(port, "/readyz")[0] == 503, 30, "writer /readyz 503")
+        assert http_get(port, "/healthz")[0] == 200          # alive, just not ready
+        assert value(scrape(port), "ha_ingestor_influxdb_up") == 0
+        time.sleep(2)                                         # events keep queueing meanwhile
+        influxdb.start()
+        wait_ready(port, "writer after InfluxDB returned", timeout=45)
+        assert value(scrape(port), "ha_ingestor_influxdb_up") == 1
+    finally:
+        stop.set()
+        thread.join(10)
+        producer.close()
+    wait_until(lambda: len(influx_values(influxdb, "mqtt", "value")) >= len(appended), 60,
+               f"all {len(appended)} events written")
+    assert sorted(influx_values(influxdb, "mqtt", "value")) == list(map(float, appended))
+    retries = scrape(port)
+    assert value(retries, "ha_ingestor_write_retries_total", reason="transient") >= 1
