@@ -6,6 +6,8 @@ fault that caused it; the same seed gives the same plan. Kinds:
 - ``kill_mqtt``, ``kill_ha``, ``kill_writer``: SIGKILL of that ``ha-ingestor run`` child; the
   supervisor must start a new one.
 - ``influx_outage``: InfluxDB SIGKILLed, kept down, started again on the same data.
+- ``outage_writer_kill``: the same with half the duration, and the writer SIGKILLed half-way
+  through, while it holds batches it could not write.
 - ``mosquitto_restart``: the broker stopped (SIGTERM: it saves its persistent sessions) and started.
 - ``ha_restart``: Home Assistant stopped and started (its WebSocket and bus go away meanwhile).
 - ``writer_pause``: the writer SIGSTOPped so a backlog builds, then SIGCONTed; drain time measured.
@@ -19,9 +21,10 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-KINDS = ("kill_mqtt", "kill_ha", "kill_writer", "influx_outage", "mosquitto_restart",
-         "ha_restart", "writer_pause", "run_restart")
-PIPELINE_KINDS = ("kill_mqtt", "kill_ha", "kill_writer", "writer_pause", "run_restart")
+KINDS = ("kill_mqtt", "kill_ha", "kill_writer", "influx_outage", "outage_writer_kill",
+         "mosquitto_restart", "ha_restart", "writer_pause", "run_restart")
+PIPELINE_KINDS = ("kill_mqtt", "kill_ha", "kill_writer", "outage_writer_kill", "writer_pause",
+                  "run_restart")
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,12 @@ class Profile:
 PROFILES = {
     "short": Profile("short", ha_rate=20, mqtt_rate=100, warmup_s=10, gap_s=(6, 12), tail_s=10,
                      counts={"kill_mqtt": 2, "kill_ha": 2, "kill_writer": 2, "influx_outage": 1,
-                             "mosquitto_restart": 1, "ha_restart": 1, "writer_pause": 1},
+                             "outage_writer_kill": 1, "mosquitto_restart": 1, "ha_restart": 1,
+                             "writer_pause": 1},
                      influx_outage_s=20, writer_pause_s=30),
     "full": Profile("full", ha_rate=40, mqtt_rate=200, warmup_s=30, gap_s=(15, 35), tail_s=30,
                     counts={"kill_mqtt": 3, "kill_ha": 3, "kill_writer": 3, "influx_outage": 1,
-                            "mosquitto_restart": 2, "ha_restart": 2, "writer_pause": 1,
+                            "outage_writer_kill": 1, "mosquitto_restart": 2, "ha_restart": 2, "writer_pause": 1,
                             "run_restart": 1},
                     influx_outage_s=60, writer_pause_s=300),
 }
@@ -127,6 +131,19 @@ class Injector:
         if self.run.pipeline is not None:
             o.detail["backlog_at_restart"] = self.run.pipeline.backlog()
             o.recovery_s = self._drain_time(o)
+
+    def outage_writer_kill(self, o: Outcome) -> None:
+        quarter = self.profile.influx_outage_s / 4   # outage: half the profile's, kill half-way
+        self.run.influx.kill()
+        time.sleep(quarter)
+        pid = self.run.pipeline.signal_child("writer", signal.SIGKILL)
+        o.detail["writer_pid"] = pid
+        o.detail["writer_restart_s"] = round(self.run.pipeline.wait_restarted("writer", pid), 2)
+        time.sleep(max(0.0, quarter - o.detail["writer_restart_s"]))
+        self.run.influx.start()
+        o.duration_s = round(2 * quarter, 1)
+        o.detail["backlog_at_restart"] = self.run.pipeline.backlog()
+        o.recovery_s = self._drain_time(o)
 
     def mosquitto_restart(self, o: Outcome) -> None:
         self.run.mosquitto.stop()

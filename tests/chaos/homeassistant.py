@@ -6,34 +6,19 @@ an offline config with the helpers the load generator drives, HA's own ``influxd
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 from tests.chaos.hawire import HAConnection
 from tests.chaos.servers import Server, http
 from tests.support import procs
-
-HA_VERSION = "2024.3.3"
-HA_PINS = [f"homeassistant=={HA_VERSION}", "josepy==1.14.0"]  # josepy 2.x: HTTP 500 everywhere
+from tests.support.real_ha import ensure_ha_venv
 
 
-def ha_venv() -> Path:
-    default = Path.home() / ".cache" / "ha-ingestor" / f"ha-{HA_VERSION}"
-    return Path(os.environ.get("HA_INGESTOR_HA_VENV", default))
-
-
-def ensure_venv(venv: Path) -> Path:
-    """The ``hass`` script of a virtualenv with HA installed; installs it (about 2 min) if missing."""
-    hass = venv / "bin" / "hass"
-    if hass.exists():
-        return hass
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    # the system Python, not the project's venv: HA must not see the project's packages
-    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *HA_PINS], check=True)
-    return hass
+def ensure_venv() -> Path:
+    """The ``hass`` script of the shared HA virtualenv (created with HA's first-start packages
+    when missing, by the same installer every real-HA test uses)."""
+    return ensure_ha_venv() / "bin" / "hass"
 
 
 def entity_ids(per_domain: int) -> list[str]:
@@ -78,7 +63,7 @@ class HomeAssistantServer(Server):
     def __init__(self, workdir: Path, per_domain: int = 5, influx_port: int | None = None,
                  influx_db: str = "ha_integration") -> None:
         super().__init__(workdir)
-        self.hass = ensure_venv(ha_venv())
+        self.hass = ensure_venv()
         self.port = procs.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/api/websocket"

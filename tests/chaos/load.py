@@ -36,14 +36,16 @@ class Paced:
         self.thread.join(15)
 
     def _loop(self) -> None:
-        interval = 1.0 / self.rate
+        per_tick = max(1, int(self.rate / 200))     # above 200/s: a few per tick, 200 ticks/s
+        interval = per_tick / self.rate
         due = time.monotonic()
         while not self.stopped.is_set():
             now = time.monotonic()
             if due > now:
                 self.stopped.wait(due - now)
                 continue
-            self.step()
+            for _ in range(per_tick):
+                self.step()
             # after an outage (reconnecting, source down) resume the rate, do not burst
             due = max(due + interval, time.monotonic() - 1.0)
 
