@@ -135,9 +135,9 @@ class HomeAssistant:
 
     def _start_fake(self, stack: Stack) -> None:
         from tests.support.ha_test_server import HATestServer
-        self.server = HATestServer().start()
+        self.server = HATestServer(token="demo-token").start()
         stack.started("ha test server", self.server.stop)
-        self.ws_url, self.token = self.server.ws_url, self.server.token
+        self.ws_url, self.token = self.server.url, self.server.token
         say(f"HA test server on {self.ws_url}")
 
     def activity(self, stop: threading.Event, counts: dict) -> None:
@@ -156,9 +156,9 @@ class HomeAssistant:
             entity = random.choice(("sensor.demo_temperature", "sensor.demo_humidity"))
             value = round(random.uniform(18, 25) if "temp" in entity else random.uniform(30, 60),
                           1)
-            self.server.fire_state_changed(entity, str(value),
-                                           {"unit_of_measurement": "°C" if "temp" in entity
-                                            else "%", "friendly_name": entity})
+            self.server.set_state(entity, str(value),
+                                  {"unit_of_measurement": "°C" if "temp" in entity else "%",
+                                   "friendly_name": entity})
             counts["ha"] += 1
             stop.wait(0.2)
 

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -250,3 +251,182 @@ def test_children_stop_when_the_supervisor_is_killed(stand_ins):
     sup.proc.wait(5)
     wait_until(lambda: not any(alive(pid) for pid in pids), 10, "orphaned children gone")
     assert sup.pids("writer", "term")        # they got SIGTERM: a graceful stop
+
+
+# ---- the whole product: `ha-ingestor run` against real servers -----------------------------
+
+DB = "home_assistant"
+MQTT_TOPIC = "e2e/seq"
+COMPONENT_ARGS = {"mqtt": "collect mqtt", "ha": "collect ha", "writer": "write"}
+
+
+def child_pids(parent: int) -> dict[str, int]:
+    """The running children of ``ha-ingestor run``, by component."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) != parent or fields[0] == "Z":
+            continue
+        for name, args in COMPONENT_ARGS.items():
+            if cmdline.rstrip().endswith(args):
+                found[name] = int(entry.name)
+    return found
+
+
+class MqttFlow:
+    """Publishes ``e2e/seq`` QoS 1 messages with increasing numbers at ``rate``/s; ``acked`` are
+    the ones the broker took responsibility for."""
+
+    def __init__(self, port: int, rate: float = 200):
+        import paho.mqtt.client as mqtt
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-publisher")
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.rate, self.acked, self.stop = rate, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        while not self.stop.is_set():
+            info = self.client.publish(MQTT_TOPIC, str(seq), qos=1)
+            info.wait_for_publish(10)
+            self.acked.append(seq)
+            seq += 1
+            self.stop.wait(1 / self.rate)
+
+    def finish(self) -> list[int]:
+        self.stop.set()
+        self.thread.join(15)
+        self.client.loop_stop()
+        self.client.disconnect()
+        return self.acked
+
+
+def mqtt_points(influxdb) -> list[float]:
+    rows = influxdb.query(f"SELECT \"value\" FROM \"mqtt\" WHERE \"topic\" = '{MQTT_TOPIC}'", DB)
+    return [row["value"] for row in rows]
+
+
+def ha_points(influxdb) -> list[tuple[str, int]]:
+    """(entity_id, time ns) of every state_changed point, whichever measurement it is in."""
+    points = []
+    for field in ("value", "state"):
+        for row in influxdb.query(f'SELECT "{field}", "domain", "entity_id" FROM /.*/ '
+                                  f'WHERE "domain" =~ /./', DB):
+            if row.get(field) is not None:
+                points.append((f"{row['domain']}.{row['entity_id']}", row["time"]))
+    return points
+
+
+def fired_states(server) -> set[tuple[str, int]]:
+    """(entity_id, time_fired in ns) of every state_changed the HA test server fired."""
+    from datetime import datetime, timezone
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+    def ns(text: str) -> int:
+        delta = datetime.fromisoformat(text) - epoch
+        return ((delta.days * 86400 + delta.seconds) * 10**6 + delta.microseconds) * 1000
+    return {(entity, ns(fired)) for entity, fired in list(server.fired_states)}
+
+
+@pytest.fixture
+def product(mosquitto, influxdb, ha_test_server, ingestor):
+    """A config for `ha-ingestor run` with all three components against the real servers."""
+    influxdb.create_database(DB)
+    return ingestor({
+        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": mosquitto.port,
+                 "client_id": "e2e-ingestor", "topics": [MQTT_TOPIC]},
+        "homeassistant": {"enabled": True, "url": ha_test_server.url,
+                          "token": ha_test_server.token},
+        "influxdb": {"url": influxdb.url, "database": DB, "flush_interval": "200ms"},
+        "run": {"shutdown_timeout": "20s"},
+    })
+
+
+def start_run(ing) -> subprocess.Popen:
+    proc = ing.start("run", log="run")
+    ports = ing.config["metrics"]["ports"]
+    for name in ("mqtt", "ha", "writer"):
+        wait_until(lambda: http_get(f"http://127.0.0.1:{ports[name]}/readyz")[0] == 200, 30,
+                   f"{name} ready under run")
+    return proc
+
+
+def wait_all_written(influxdb, acked: list[int], server, timeout: float = 60) -> None:
+    def done():
+        return (set(mqtt_points(influxdb)) >= set(map(float, acked))
+                and set(ha_points(influxdb)) >= fired_states(server))
+    wait_until(done, timeout, "every message and state change in InfluxDB", interval=0.5)
+
+
+def test_run_restarts_each_killed_child_and_every_message_arrives(product, mosquitto, influxdb,
+                                                                  ha_test_server):
+    ing = product
+    run = start_run(ing)
+    ports = ing.config["metrics"]["ports"]
+    flow = MqttFlow(mosquitto.port, rate=200)
+    ha_test_server.set_rate(50)
+    try:
+        for name in ("mqtt", "ha", "writer"):
+            time.sleep(2)
+            old = child_pids(run.pid)[name]
+            os.kill(old, signal.SIGKILL)
+            wait_until(lambda: child_pids(run.pid).get(name, old) != old, 10,
+                       f"{name} restarted by run")
+            wait_until(lambda: http_get(f"http://127.0.0.1:{ports[name]}/readyz")[0] == 200,
+                       30, f"{name} ready again")
+        time.sleep(2)
+    finally:
+        ha_test_server.set_rate(0)
+        acked = flow.finish()
+    assert run.poll() is None, tail(ing.log_path("run"))
+    try:
+        wait_all_written(influxdb, acked, ha_test_server)
+    except TimeoutError:
+        missing = set(map(float, acked)) - set(mqtt_points(influxdb))
+        missing_ha = fired_states(ha_test_server) - set(ha_points(influxdb))
+        raise AssertionError(f"{len(missing)} MQTT and {len(missing_ha)} HA missing\n"
+                             f"{tail(ing.log_path('run'), 60)}") from None
+    log = ing.log_path("run").read_text()
+    for name in ("mqtt", "ha", "writer"):
+        assert f"{name} exited with signal SIGKILL" in log
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait(30) == EXIT_OK
+
+
+def test_sigterm_under_load_exits_0_and_a_restart_loses_and_doubles_nothing(
+        product, mosquitto, influxdb, ha_test_server):
+    ing = product
+    timeout = 20
+    run = start_run(ing)
+    flow = MqttFlow(mosquitto.port, rate=300)
+    ha_test_server.set_rate(100)
+    try:
+        time.sleep(4)
+        began = time.monotonic()
+        os.kill(run.pid, signal.SIGTERM)
+        code = run.wait(timeout + 10)
+        took = time.monotonic() - began
+        assert code == EXIT_OK, tail(ing.log_path("run"), 60)
+        assert took < timeout, f"stopped in {took:.1f} s"
+        assert not child_pids(run.pid)
+        time.sleep(2)                     # the sources keep going while nothing runs
+        start_run(ing)
+        time.sleep(3)
+    finally:
+        ha_test_server.set_rate(0)
+        acked = flow.finish()
+    wait_all_written(influxdb, acked, ha_test_server)
+    time.sleep(2)                         # anything doubled would arrive by now
+    values = mqtt_points(influxdb)
+    assert sorted(values) == list(map(float, acked)), "MQTT messages missing or doubled"
+    assert set(ha_points(influxdb)) >= fired_states(ha_test_server)   # InfluxDB keeps one
+    # point per entity and time_fired, so HA copies (backfill, resync) cannot double anything
