@@ -86,19 +86,47 @@ def deploy_commands() -> set[str]:
     return found
 
 
-def documented_commands() -> set[str]:
-    """``ha-ingestor <words>`` in the docs' code spans, up to the first option or placeholder."""
-    found = set()
-    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-                *sorted(DEPLOY.rglob("*.y*ml"))]:
+def code_spans(text: str) -> list[str]:
+    """Inline `code` and the lines of fenced blocks: where docs show commands to type."""
+    fenced = re.findall(r"^```[^\n]*\n(.*?)^```", text, re.M | re.S)
+    without = re.sub(r"^```[^\n]*\n.*?^```", "", text, flags=re.M | re.S)
+    return [line for block in fenced for line in block.splitlines()] + \
+        re.findall(r"`([^`\n]+)`", without)
+
+
+def documented_commands() -> dict[str, set[str]]:
+    """``ha-ingestor <words> [--options]`` in the docs' code: command path -> options used."""
+    found: dict[str, set[str]] = {}
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         if not doc.exists():
             continue
-        for match in re.finditer(r"ha-ingestor((?: +(?:--[a-z-]+(?:[ =]\S+)?|[a-z][a-z-]*))+)",
-                                 doc.read_text()):
-            words = command_words(shlex.split(match.group(1).replace("=", " ")))
-            if words:
-                found.add(" ".join(words))
+        for span in code_spans(doc.read_text()):
+            span = span.split(" #", 1)[0]                 # a shell comment after the command
+            for match in re.finditer(r"ha-ingestor((?: +[^\s|;&`]+)*)", span):
+                words, options = [], set()
+                for token in match.group(1).split():
+                    if token.startswith("--"):
+                        options.add(token.split("=", 1)[0])
+                    elif re.fullmatch(r"[a-z][a-z-]*", token) and not options:
+                        words.append(token)
+                    elif not token.startswith("-"):
+                        continue
+                command = " ".join(command_words(words))
+                if command:
+                    found.setdefault(command, set()).update(options)
     return found
+
+
+def click_command(words: str):
+    """The click command for ``words`` (``queue status``), or None if there is no such command."""
+    from ha_ingestor.cli import cli
+    command = cli
+    for word in words.split():
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            return None
+        command = sub
+    return command
 
 
 def command_exists(words: str) -> tuple[bool, str]:
@@ -119,11 +147,17 @@ def test_every_command_in_the_deploy_files_exists():
         assert ok, f"deploy files run `ha-ingestor {words}`, which the CLI rejects:\n{output}"
 
 
-def test_every_command_in_the_docs_exists():
+def test_every_command_and_option_in_the_docs_exists():
+    from ha_ingestor.cli import cli
     commands = documented_commands()
-    assert "queue status" in commands
-    bad = [words for words in sorted(commands) if not command_exists(words)[0]]
-    assert not bad, f"docs mention commands the CLI does not have: {bad}"
+    assert "queue status" in commands and "run" in commands
+    global_options = {opt for param in cli.params for opt in param.opts}
+    for words, options in sorted(commands.items()):
+        command = click_command(words)
+        assert command is not None, f"docs mention `ha-ingestor {words}`, which does not exist"
+        known = {opt for param in command.params for opt in param.opts} | global_options
+        known.add("--help")
+        assert options <= known, f"`ha-ingestor {words}` has no option {options - known}"
 
 
 # ---- Docker ---------------------------------------------------------------------------------
