@@ -64,7 +64,7 @@ class WriterLoop:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.consumers: dict[str, Consumer] = {}
-        self.backoff = Backoff()
+        self.backoff = Backoff(base=0.5, factor=2.0, cap=10.0)   # an outage ends: resume soon
         self.access_backoff = Backoff(**ACCESS_BACKOFF)
         self.influx_ok = False
         self.queue_ok = True

@@ -1,0 +1,227 @@
+"""The writer against real servers: InfluxDB 1.6.7 (v1 API) and VictoriaMetrics (v2 API).
+
+Each test fills the queue files the way the collectors do, runs ``ha-ingestor write`` as its own
+process and counts what reached the database.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import pytest
+
+from ha_ingestor import queue
+from tests.support.fixtures_influx import ha_state_event, mixed_events
+from tests.support.procs import kill_process, stop_process, tail, wait_until
+
+pytestmark = pytest.mark.slow
+
+DB = "home"
+
+
+def fill(queue_dir, events, per_item=1000):
+    """Append events the way the collectors do: one item per batch, per source."""
+    producers = {}
+    for start in range(0, len(events), per_item):
+        chunk = events[start:start + per_item]
+        for source in ("ha", "mqtt"):
+            part = [e for e in chunk if e["src"] == source]
+            if part:
+                if source not in producers:
+                    producers[source] = queue.Producer(queue_dir, source, 2**31)
+                producers[source].append(part)
+    for producer in producers.values():
+        producer.close()
+
+
+def pending(queue_dir):
+    """(ready + in flight, dead) events over both queue files."""
+    waiting = dead = 0
+    for source in ("ha", "mqtt"):
+        status = queue.read_status(queue_dir, source)
+        if status:
+            waiting += status.ready + status.in_flight
+            dead += status.dead
+    return waiting, dead
+
+
+def influx_v1(server, **extra):
+    return {"influxdb": {"api": "v1", "url": server.url, "database": DB, "batch_size": 5000,
+                         "flush_interval": "200ms", **extra},
+            "schema": {"mqtt": {"presets": ["zigbee2mqtt"]}}}
+
+
+def start_writer(ing):
+    return ing.start("write", log="writer")
+
+
+def wait_drained(ing, timeout=120):
+    wait_until(lambda: pending(ing.queue_dir)[0] == 0, timeout, "queue drained")
+
+
+def now_minus(seconds):
+    return time.time_ns() - int(seconds * 1e9)
+
+
+def test_20000_events_land_in_influxdb_v1(influxdb, ingestor):
+    influxdb.create_database(DB)
+    ing = ingestor(influx_v1(influxdb))
+    fill(ing.queue_dir, mixed_events(20_000, now_minus(3600)))
+    proc = start_writer(ing)
+    wait_drained(ing)
+    assert influxdb.points(DB) == 20_000, tail(ing.log_path("writer"))
+    assert stop_process(proc) == 0
+    assert pending(ing.queue_dir) == (0, 0)
+
+
+def test_20000_events_land_in_victoriametrics_v2(victoriametrics, ingestor):
+    ing = ingestor({"influxdb": {"api": "v2", "url": victoriametrics.url, "org": "home",
+                                 "bucket": "ha", "token": "unused", "batch_size": 5000,
+                                 "flush_interval": "200ms"},
+                    "schema": {"mqtt": {"presets": ["zigbee2mqtt"]}}})
+    fill(ing.queue_dir, mixed_events(20_000, now_minus(3600)))
+    proc = start_writer(ing)
+    wait_drained(ing)
+    # one always-numeric field per event kind; VictoriaMetrics keeps numbers only
+    per_event = re.compile(r"^(°C_value|switch\.plug_\d+_value|ha_events_fired|"
+                           r"zigbee2mqtt_temperature|mqtt_value)$")
+
+    def stored():
+        return sum(len(s["timestamps"]) for s in victoriametrics.export()
+                   if per_event.match(s["metric"]["__name__"]))
+    wait_until(lambda: stored() == 20_000, 30, "20 000 samples searchable in VictoriaMetrics")
+    assert stop_process(proc) == 0
+
+
+def test_outage_of_30_s_loses_nothing_and_writes_nothing_twice(influxdb, ingestor):
+    influxdb.create_database(DB)
+    ing = ingestor(influx_v1(influxdb))
+    start = now_minus(3600)
+    events = mixed_events(20_000, start)
+    fill(ing.queue_dir, events[:1000])
+    proc = start_writer(ing)
+    wait_drained(ing)
+    influxdb.kill()
+    outage_started = time.monotonic()
+    for i in range(1000, 20_000, 1000):          # events keep arriving during the outage
+        fill(ing.queue_dir, events[i:i + 1000])
+        time.sleep(1.2)
+    time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+    assert pending(ing.queue_dir)[0] == 19_000
+    influxdb.start()
+    wait_drained(ing, timeout=90)
+    expected = {}
+    for event in events:
+        line = ing_converter().convert(event)
+        measurement, tags = _series_of(line)
+        expected[(measurement, tags)] = expected.get((measurement, tags), 0) + 1
+    assert influxdb.series_counts(DB) == expected
+    assert proc.poll() is None, "the writer must ride out the outage"
+    log = ing.log_path("writer").read_text()
+    assert "keeping the batch" in log and "accepts writes again" in log
+    assert stop_process(proc) == 0
+
+
+def test_sigkill_mid_batch_then_restart_leaves_counts_unchanged(influxdb, ingestor):
+    influxdb.create_database(DB)
+    ing = ingestor(influx_v1(influxdb, batch_size=2000))
+    fill(ing.queue_dir, mixed_events(60_000, now_minus(3600)))
+    proc = start_writer(ing)
+    wait_until(lambda: influxdb.points(DB) > 0, 60, "first points written")
+    kill_process(proc)                          # SIGKILL: the batch in flight is not acked
+    assert pending(ing.queue_dir)[0] > 0, "the kill must happen before the backlog is drained"
+    proc = start_writer(ing)
+    wait_drained(ing)
+    assert influxdb.points(DB) == 60_000
+    assert stop_process(proc, sig=signal.SIGTERM) == 0
+
+
+def test_poison_events_are_dead_lettered_and_the_rest_written(influxdb, ingestor):
+    influxdb.create_database(DB)
+    # "poison" already holds `value` as a string: a float `value` there is a type conflict
+    influxdb.write(DB, f'poison,domain=sensor,entity_id=old value="text" {now_minus(7200)}')
+    ing = ingestor(influx_v1(influxdb))
+    start = now_minus(3600)
+    events = mixed_events(4_998, start)
+    conflict = ha_state_event("sensor.poisoned", "12.5", {"unit_of_measurement": "poison"},
+                              start + 10_000 * 1_000_000)
+    malformed = {"src": "ha", "rx": start, "kind": "live",
+                 "event": {"event_type": "state_changed", "time_fired": "not a time",
+                           "data": {"new_state": {"entity_id": "sensor.broken", "state": "1"}}}}
+    events[1234:1234] = [conflict]
+    events[4000:4000] = [malformed]
+    assert len(events) == 5_000
+    fill(ing.queue_dir, events, per_item=5_000)
+    proc = start_writer(ing)
+    wait_drained(ing)
+    assert influxdb.points(DB) == 4_998 + 1            # + the pre-existing string point
+    assert pending(ing.queue_dir) == (0, 2)
+    assert stop_process(proc) == 0
+
+    listed = ing.run("queue", "dead")
+    assert listed.returncode == 0, listed.stderr
+    assert "field type conflict" in listed.stdout, listed.stdout
+    assert "not a time" in listed.stdout or "Invalid isoformat" in listed.stdout, listed.stdout
+    requeued = ing.run("queue", "requeue-dead")
+    assert requeued.returncode == 0, requeued.stderr
+    assert pending(ing.queue_dir) == (2, 0)
+    back = {e.get("event", {}).get("time_fired") for e in ing.read_all("ha")}
+    assert "not a time" in back and conflict["event"]["time_fired"] in back
+
+
+def test_wrong_credentials_are_reported_and_nothing_is_dropped(influxdb_auth, ingestor):
+    influxdb_auth.create_database(DB)
+    ing = ingestor(influx_v1(influxdb_auth, username="admin", password="wrong"))
+    fill(ing.queue_dir, mixed_events(3_000, now_minus(3600)))
+    proc = start_writer(ing)
+    log = ing.log_path("writer")
+    wait_until(lambda: "refused the credentials" in log.read_text(), 30, "credentials error")
+    assert "influxdb.username/password" in log.read_text()
+    assert proc.poll() is None
+    assert stop_process(proc) == 0
+    assert pending(ing.queue_dir) == (3_000, 0)
+    assert influxdb_auth.points(DB) == 0
+    ing.write_config({"influxdb": {"password": "admin"}})
+    proc = start_writer(ing)
+    wait_drained(ing)
+    assert influxdb_auth.points(DB) == 3_000
+    assert stop_process(proc) == 0
+
+
+def test_missing_database_is_reported_and_nothing_is_dropped(influxdb, ingestor):
+    ing = ingestor(influx_v1(influxdb))
+    fill(ing.queue_dir, mixed_events(3_000, now_minus(3600)))
+    proc = start_writer(ing)
+    log = ing.log_path("writer")
+    wait_until(lambda: "has no database 'home'" in log.read_text(), 30, "missing database error")
+    assert pending(ing.queue_dir) == (3_000, 0)
+    influxdb.create_database(DB)                 # fixed while the writer keeps retrying
+    wait_drained(ing, timeout=90)
+    assert influxdb.points(DB) == 3_000
+    assert stop_process(proc) == 0
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+def ing_converter():
+    from ha_ingestor.config.schema import build_schema
+    from writer.convert import Converter
+    global _CONVERTER
+    if _CONVERTER is None:
+        _CONVERTER = Converter(build_schema({"mqtt": {"presets": ["zigbee2mqtt"]}}))
+    return _CONVERTER
+
+
+_CONVERTER = None
+
+
+def _series_of(line: str) -> tuple[str, tuple]:
+    """(measurement, sorted tags) of a line, unescaped the way InfluxDB 1.x stores them."""
+    head = re.split(r"(?<!\\) ", line, maxsplit=1)[0]
+    parts = re.split(r"(?<!\\),", head)
+    unescape = lambda s: re.sub(r"\\([ ,=])", r"\1", s)  # noqa: E731
+    tags = tuple(sorted(tuple(unescape(x) for x in re.split(r"(?<!\\)=", p, maxsplit=1))
+                        for p in parts[1:]))
+    return unescape(parts[0]), tags
