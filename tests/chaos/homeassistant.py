@@ -35,8 +35,8 @@ def _config_yaml(port: int, per_domain: int, influx_port: int | None, influx_db:
         f"  chaos_temp_{i}:\n    name: Chaos temperature {i}\n    min: -1000\n    max: 1000\n"
         f"    step: 0.01\n    mode: box\n    unit_of_measurement: \"°C\"\n"
         for i in range(1, per_domain + 1))
-    numbers += ("  bench_probe:\n    name: Bench probe\n    min: 0\n    max: 1000000000\n"
-                "    step: 1\n    mode: box\n")
+    numbers += ("  bench_probe:\n    name: Bench probe\n    min: 0\n    max: 1000\n"
+                "    step: 0.01\n    mode: box\n")
     booleans = "".join(f"  chaos_switch_{i}:\n    name: Chaos switch {i}\n"
                        for i in range(1, per_domain + 1))
     counters = "".join(f"  chaos_counter_{i}:\n    name: Chaos counter {i}\n"

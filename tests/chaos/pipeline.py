@@ -8,7 +8,6 @@ that, by the metrics port it listens on; nothing in the product exists only for 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time

@@ -21,6 +21,9 @@ OURS_DB = "ingestor"
 HA_DB = "ha_integration"
 MQTT_FILTERS = ["zigbee2mqtt/#", "tele/#"]
 SETTLE_TIMEOUT_S = 180
+# the load's topics through the presets a zigbee2mqtt/Tasmota house would use; every payload's
+# top-level "seq" becomes a field of that name
+SCHEMA = {"mqtt": {"presets": ["zigbee2mqtt", "tasmota"]}}
 
 
 @dataclass
@@ -95,7 +98,7 @@ class ChaosRun:
         self.mqtt_ledger.start()
         self.ha_ledger = HALedger(self.ha.connect)
         self.ha_ledger.start()
-        extra = {"schema": self.schema} if self.schema else None
+        extra = {"schema": self.schema or SCHEMA}
         config = ingestor_config(self.workdir, self.mosquitto.port, self.ha.ws_url,
                                  self.influx.url, OURS_DB, MQTT_FILTERS, extra)
         if self.with_pipeline:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -145,7 +142,7 @@ class MosquittoServer(Server):
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {self.dir}/\n"
-            f"max_queued_messages 1000000\nmax_inflight_messages 100\n"
+            f"max_queued_messages 10000000\nmax_inflight_messages 100\n"
             f"log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n")
 
     def argv(self) -> list[str]:
