@@ -65,3 +65,40 @@ def ha_test_server():
     server = HATestServer().start()
     yield server
     server.stop()
+
+
+# ---- helpers for the collector tests ------------------------------------------------------------
+
+def collector_overrides(url: str, token: str, **ha: object) -> dict:
+    """ingestor() overrides that enable the HA collector (short pings and margin for tests)."""
+    settings = {"enabled": True, "url": url, "token": token, "ping_interval": "2s",
+                "ping_timeout": "2s", "backfill_margin": "2s"}
+    settings.update(ha)
+    return {"homeassistant": settings}
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """The collector's /metrics as {(sample name, sorted labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def state_key(envelope: dict) -> tuple[str, str]:
+    """(entity_id, time_fired) of a state_changed envelope: the identity of its InfluxDB point."""
+    event = envelope["event"]
+    return event["data"]["entity_id"], event["time_fired"]
+
+
+def state_changes(envelopes: list[dict], kind: str | None = None) -> list[dict]:
+    return [e for e in envelopes if e.get("src") == "ha"
+            and e["event"].get("event_type") == "state_changed"
+            and (kind is None or e["kind"] == kind)]

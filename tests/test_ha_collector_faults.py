@@ -1,0 +1,243 @@
+"""The HA collector against the project's HA test server: the faults a real HA cannot be made to
+produce on demand. Each test runs ``ha-ingestor collect ha`` as a process and reads the queue file
+the way the writer would.
+
+Counting rule: the server records every state change it fires (``fired_states``); a change fired
+after the collector's first subscription must be in the queue (live, or backfilled after a gap),
+and no live event may be there twice.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.support.fixtures_homeassistant import (collector_overrides, metric, scrape,
+                                                  state_changes, state_key)
+from tests.support.ha_test_server import HATestServer
+from tests.support.procs import tail, wait_until
+
+
+def start_collector(ingestor, server, **ha):
+    ing = ingestor(collector_overrides(server.url, server.token, **ha))
+    proc = ing.start("collect", "ha", log="ha")
+    try:
+        server.wait_for_subscribers(1, timeout=30)
+    except TimeoutError:
+        pytest.fail(f"collector did not subscribe:\n{tail(ing.log_path('ha'))}")
+    return ing, proc
+
+
+def metrics_port(ing) -> int:
+    return ing.config["metrics"]["ports"]["ha"]
+
+
+def stop_collector(ing, proc) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, tail(ing.log_path("ha"))
+
+
+def wait_for_keys(ing, wanted: set, timeout: float = 60) -> list[dict]:
+    """Wait until every (entity_id, time_fired) in ``wanted`` is in the queue."""
+    envelopes: list[dict] = []
+
+    def arrived() -> bool:
+        nonlocal envelopes
+        envelopes = ing.read_all("ha")
+        return wanted <= {state_key(e) for e in state_changes(envelopes)}
+    try:
+        wait_until(arrived, timeout, "state changes in the queue", interval=0.5)
+    except TimeoutError:
+        missing = wanted - {state_key(e) for e in state_changes(envelopes)}
+        pytest.fail(f"{len(missing)} of {len(wanted)} state changes missing, e.g. "
+                    f"{sorted(missing)[:3]}\n{tail(ing.log_path('ha'))}")
+    return envelopes
+
+
+def assert_no_live_duplicates(envelopes: list[dict]) -> None:
+    live = [state_key(e) for e in state_changes(envelopes, "live")]
+    assert len(live) == len(set(live)), "a live event was stored twice"
+
+
+@pytest.fixture
+def server():
+    srv = HATestServer(token="test-token", recorder_lag=1.0).start()
+    yield srv
+    srv.stop()
+
+
+def test_connection_dropped_mid_stream_is_backfilled(ingestor, server):
+    ing, proc = start_collector(ingestor, server)
+    first = len(server.fired_states)
+    server.set_rate(300)
+    time.sleep(2)
+    server.drop_connections()
+    time.sleep(1.5)              # events fired while the collector is away
+    server.wait_for_subscribers(1)
+    time.sleep(1)
+    server.set_rate(0)
+    wanted = set(server.fired_states[first:])
+    envelopes = wait_for_keys(ing, wanted)
+    assert_no_live_duplicates(envelopes)
+    backfilled = {state_key(e) for e in state_changes(envelopes, "backfill")}
+    assert backfilled, "nothing was backfilled after the drop"
+    # Backfilled copies carry the original time: exactly the keys the server fired.
+    assert backfilled <= set(server.fired_states)
+    samples = scrape(metrics_port(ing))
+    assert metric(samples, "ha_ingestor_reconnects_total", component="ha") >= 1
+    assert metric(samples, "ha_ingestor_events_dropped_total", source="ha",
+                  reason="drop_newest") == 0
+    stop_collector(ing, proc)
+    envelopes = ing.read_all("ha")
+    received = metric(samples, "ha_ingestor_events_received_total", source="ha")
+    assert len([e for e in envelopes if e["kind"] == "live"]) >= received
+
+
+def test_frozen_server_is_detected_within_30_s(ingestor, server):
+    ing, proc = start_collector(ingestor, server, ping_interval="10s", ping_timeout="10s")
+    first = len(server.fired_states)
+    server.set_rate(50)
+    time.sleep(1)
+    connections = server.stats["connections"]
+    frozen_at = time.monotonic()
+    server.freeze()
+    wait_until(lambda: server.stats["connections"] > connections, 30,
+               "a reconnect after HA froze")
+    detected_after = time.monotonic() - frozen_at
+    assert detected_after < 30
+    server.unfreeze()
+    server.wait_for_subscribers(1, timeout=60)
+    time.sleep(3)                # the second backfill pass runs backfill_margin after subscribing
+    server.set_rate(0)
+    envelopes = wait_for_keys(ing, set(server.fired_states[first:]))
+    assert_no_live_duplicates(envelopes)
+    assert "no pong from Home Assistant" in ing.log_path("ha").read_text()
+    stop_collector(ing, proc)
+
+
+def test_auth_invalid_exits_3_without_retrying(ingestor, server):
+    ing = ingestor(collector_overrides(server.url, "not-the-token"))
+    started = time.monotonic()
+    result = ing.run("collect", "ha", timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "rejected the access token" in result.stderr
+    assert "homeassistant.token" in result.stderr
+    assert "not-the-token" not in result.stderr          # never log a secret
+    assert server.stats["auth_invalid"] == 1             # one attempt: HA bans retrying IPs
+    assert time.monotonic() - started < 30
+
+
+def test_non_admin_token_is_told_plainly(ingestor):
+    srv = HATestServer(token="user-token", admin=False).start()
+    try:
+        ing = ingestor(collector_overrides(srv.url, srv.token))
+        result = ing.run("collect", "ha", timeout=60)
+    finally:
+        srv.stop()
+    assert result.returncode == 3, result.stderr
+    assert "not an administrator" in result.stderr
+
+
+def test_burst_of_50000_coalesced_events(ingestor, server):
+    ing, proc = start_collector(ingestor, server)
+    client = server.clients[0]
+    assert client.coalesce, "the collector did not ask for coalesce_messages"
+    first = len(server.fired_states)
+    started = time.monotonic()
+    server.burst(50_000)
+    envelopes = wait_for_keys(ing, set(server.fired_states[first:]), timeout=120)
+    elapsed = time.monotonic() - started
+    live = state_changes(envelopes, "live")
+    assert len(live) == 50_000 and len({state_key(e) for e in live}) == 50_000
+    samples = scrape(metrics_port(ing))
+    assert metric(samples, "ha_ingestor_events_dropped_total", source="ha",
+                  reason="drop_newest") == 0
+    assert metric(samples, "ha_ingestor_reconnects_total", component="ha") == 0
+    assert metric(samples, "ha_ingestor_events_received_total", source="ha") == 50_000
+    assert metric(samples, "ha_ingestor_events_committed_total", source="ha") == len(envelopes)
+    print(f"50 000 events committed in {elapsed:.1f} s")
+    stop_collector(ing, proc)
+
+
+def test_malformed_frames_and_unknown_types_are_counted_not_fatal(ingestor, server):
+    ing, proc = start_collector(ingestor, server)
+    server.send_raw("{this is not json")
+    server.send_raw("\xff\xfe garbage")
+    server.send_message({"type": "mystery", "id": 99})
+    server.send_raw("[1, 2]")                          # an array frame of non-objects
+    server.send_message({"type": "event", "id": 4242, "event": {"event_type": "x"}})
+    server.send_message({"type": "result", "id": 777, "success": True, "result": None})
+    event = server.set_state("sensor.after_garbage", "42", {"unit_of_measurement": "W"})
+    envelopes = wait_for_keys(ing, {("sensor.after_garbage", event["time_fired"])})
+    live = [e for e in state_changes(envelopes, "live")
+            if e["event"]["data"]["entity_id"] == "sensor.after_garbage"]
+    assert live[0]["event"] == event                   # stored exactly as received
+    samples = scrape(metrics_port(ing))
+    invalid = {kind: metric(samples, "ha_ingestor_invalid_frames_total", source="ha", kind=kind)
+               for kind in ("malformed_json", "unknown_type", "not_an_object", "bad_event",
+                            "unexpected_result")}
+    assert invalid == {"malformed_json": 2, "unknown_type": 1, "not_an_object": 2,
+                       "bad_event": 1, "unexpected_result": 1}
+    assert server.stats["connections"] == 1            # never reconnected over it
+    stop_collector(ing, proc)
+
+
+def test_other_event_types_and_subscription_list(ingestor, server):
+    ing, proc = start_collector(ingestor, server, event_types=["state_changed", "call_service"])
+    assert sorted(server.clients[0].subscriptions.values()) == ["call_service", "state_changed"]
+    call = server.fire_event("call_service", {"domain": "light", "service": "turn_on"})
+    server.fire_event("automation_triggered", {"name": "not subscribed"})
+    state = server.set_state("light.kitchen", "on")
+    envelopes = wait_for_keys(ing, {("light.kitchen", state["time_fired"])})
+    live = [e["event"] for e in envelopes if e["kind"] == "live"]
+    assert [e["event_type"] for e in live] == ["call_service", "state_changed"]
+    assert live[0] == call
+    stop_collector(ing, proc)
+
+
+def test_queue_full_drops_by_policy_counts_and_keeps_running(ingestor, server):
+    ing, proc = start_collector(ingestor, server, handoff_max_events=1000)
+    ing.write_config({"queue": {"max_bytes": "256KiB"}})
+    stop_collector(ing, proc)
+    proc = ing.start("collect", "ha", log="ha")
+    server.wait_for_subscribers(1)
+    server.set_rate(1000)        # the queue holds a few hundred events; HA cannot be paused
+    port = metrics_port(ing)
+    wait_until(lambda: metric(scrape(port), "ha_ingestor_events_dropped_total", source="ha",
+                              reason="drop_newest") > 0, 30, "drops counted")
+    server.set_rate(0)
+    samples = scrape(port)
+    assert metric(samples, "ha_ingestor_queue_full", source="ha") == 1
+    received = metric(samples, "ha_ingestor_events_received_total", source="ha")
+    dropped = metric(samples, "ha_ingestor_events_dropped_total", source="ha",
+                     reason="drop_newest")
+    assert proc.poll() is None, "the collector must not exit (or crash-loop) on a full queue"
+    log_text = ing.log_path("ha").read_text()
+    assert "queue is full" in log_text and "dropped" in log_text
+    # Every received event is either held in memory, committed, or counted as dropped.
+    committed = metric(samples, "ha_ingestor_events_committed_total", source="ha")
+    assert dropped <= received and committed + dropped <= received + 100
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+
+
+def test_without_recorder_the_gap_is_logged_once_and_counted(ingestor):
+    srv = HATestServer(token="t", recorder=False).start()
+    try:
+        ing, proc = start_collector(ingestor, srv)
+        srv.set_state("sensor.a", "1")
+        time.sleep(1)
+        for _ in range(2):
+            srv.drop_connections()
+            time.sleep(0.5)
+            srv.wait_for_subscribers(1)
+        time.sleep(1)
+        samples = scrape(metrics_port(ing))
+        assert metric(samples, "ha_ingestor_ha_unfillable_gaps_total") == 2
+        log_text = ing.log_path("ha").read_text()
+        assert log_text.count("has no history/recorder integration") == 1
+        stop_collector(ing, proc)
+    finally:
+        srv.stop()
