@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import SOURCES
 from ha_ingestor.errors import PermanentError, TransientError
 from ha_ingestor.lifecycle import StopFlag
-from ha_ingestor.queue import Batch, Consumer, queue_file
+from ha_ingestor.queue import Consumer, queue_file
 from writer.convert import ConversionError, Converter
 from writer.sinks import AccessDenied, Sink, TooLarge
 
@@ -42,11 +44,14 @@ class Stopping(Exception):
 
 @dataclass
 class Round:
-    """The events taken in one round, and what became of them."""
+    """The events taken in one round, and what became of them. Events are not kept: a line
+    remembers (source, item id, position) and the event is read back from the queue file only
+    if InfluxDB rejects its line, so memory stays at one batch of lines."""
 
-    taken: dict[str, list[Batch]] = field(default_factory=dict)
+    taken: dict[str, list[int]] = field(default_factory=dict)       # source -> item ids
+    counts: dict[str, int] = field(default_factory=dict)            # source -> events
     lines: list[str] = field(default_factory=list)
-    owners: list[tuple[str, dict]] = field(default_factory=list)     # per line: (source, event)
+    owners: list[tuple[str, int, int]] = field(default_factory=list)  # per line
     dead: dict[str, list[tuple[dict, str]]] = field(default_factory=dict)
     events: int = 0
 
@@ -80,21 +85,31 @@ class WriterLoop:
         return self.influx_ok and self.queue_ok
 
     def run(self) -> None:
-        """Until a stop is requested: take, convert, write, ack. The batch in hand is finished
-        (or, if InfluxDB cannot take it, left in the queue) before returning."""
+        """Until a stop is requested: take and convert a batch while the previous one is being
+        written (one write in flight, acked in order), then store dead letters and ack. The batch
+        in hand is finished (or, if InfluxDB cannot take it, left in the queue) before returning."""
         self.influx_ok = self.sink.ping()
         metrics.INFLUX_UP.set(1 if self.influx_ok else 0)
         metrics.CONNECTED.labels(component="writer").set(1 if self.influx_ok else 0)
+        pending: tuple[Round, Future | None] | None = None
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-write")
         try:
             while not self.stop.is_set():
                 self._open_new_files()
                 self._report_status()
                 batch = self._take_round()
+                if pending is not None:
+                    self._complete(*pending)
+                    pending = None
                 if batch.events == 0:
                     self.stop.wait(IDLE_POLL_S)
                     continue
-                self._process(batch)
+                future = executor.submit(self._deliver, batch.lines, 0) if batch.lines else None
+                pending = (batch, future)
+            if pending is not None:
+                self._complete(*pending)
         finally:
+            executor.shutdown(wait=True)
             self.close()
 
     def close(self) -> None:
@@ -144,45 +159,74 @@ class WriterLoop:
             if room <= 0:
                 break
             share = max(1, room // (len(order) - i))
-            items = self.consumers[source].take(share)
-            if items:
-                took = True
-                batch.taken.setdefault(source, []).extend(items)
-                for item in items:
-                    batch.events += len(item.events)
-                    self._convert(batch, source, item.events)
+            took = self._take_share(batch, source, share) or took
         return took
 
-    def _convert(self, batch: Round, source: str, events: list[dict]) -> None:
+    def _take_share(self, batch: Round, source: str, share: int) -> bool:
+        """Items from one source until ``share`` events, one item at a time, each converted and
+        let go before the next is read (memory: one item of decoded events)."""
+        consumer, taken = self.consumers[source], 0
+        while taken < share:
+            items = consumer.take(1)
+            if not items:
+                break
+            item = items[0]
+            batch.taken.setdefault(source, []).append(item.item_id)
+            batch.counts[source] = batch.counts.get(source, 0) + len(item.events)
+            batch.events += len(item.events)
+            taken += len(item.events)
+            self._convert(batch, source, item.item_id, item.events)
+            del items, item
+        return taken > 0
+
+    def _convert(self, batch: Round, source: str, item_id: int, events: list[dict]) -> None:
         convert = self.converter.convert
-        for event in events:
+        lines, owners = batch.lines, batch.owners
+        for index, event in enumerate(events):
             try:
                 line = convert(event)
             except ConversionError as exc:
                 batch.add_dead(source, event, f"conversion: {exc}")
                 continue
             if line is not None:
-                batch.lines.append(line)
-                batch.owners.append((source, event))
+                lines.append(line)
+                owners.append((source, item_id, index))
 
     # ---- writing --------------------------------------------------------------------------------
 
-    def _process(self, batch: Round) -> None:
+    def _complete(self, batch: Round, future: Future | None) -> None:
+        """Wait for the batch's write; then dead letters and acks (or, on a stop while InfluxDB
+        could not take it, give the items back)."""
         try:
-            rejected = self._deliver(batch.lines, 0) if batch.lines else []
+            rejected = self._wait_for(future) if future is not None else []
         except Stopping:
-            for source, items in batch.taken.items():
-                self.consumers[source].nack(item.item_id for item in items)
+            for source, item_ids in batch.taken.items():
+                self.consumers[source].nack(item_ids)
             log.warning("stopping with %d events not written; they stay in the queue",
                         batch.events)
             return
-        for index, reason in rejected:
-            source, event = batch.owners[index]
-            batch.add_dead(source, event, f"rejected by InfluxDB: {reason}")
+        self._dead_letter_rejected(batch, rejected)
         self._finish(batch, len(batch.lines) - len(rejected))
 
+    def _wait_for(self, future: Future) -> list[tuple[int, str]]:
+        """The write's result; queue gauges stay fresh while InfluxDB is away."""
+        while True:
+            try:
+                return future.result(timeout=STATUS_EVERY_S)
+            except FutureTimeout:
+                self._report_status()
+
+    def _dead_letter_rejected(self, batch: Round, rejected: list[tuple[int, str]]) -> None:
+        items: dict[tuple[str, int], list[dict]] = {}
+        for index, reason in rejected:
+            source, item_id, position = batch.owners[index]
+            if (source, item_id) not in items:
+                items[(source, item_id)] = self.consumers[source].events_of(item_id)
+            batch.add_dead(source, items[(source, item_id)][position],
+                           f"rejected by InfluxDB: {reason}")
+
     def _finish(self, batch: Round, points: int) -> None:
-        for source, items in batch.taken.items():
+        for source, item_ids in batch.taken.items():
             consumer = self.consumers[source]
             dead = batch.dead.get(source, [])
             if dead:
@@ -192,8 +236,8 @@ class WriterLoop:
                                                 reason=reason.split(":", 1)[0]).inc()
                 log.warning("%d %s events moved to the dead-letter store, first: %s",
                             len(dead), source, dead[0][1][:300])
-            consumer.ack(item.item_id for item in items)
-            metrics.EVENTS_WRITTEN.labels(source=source).inc(sum(len(i.events) for i in items))
+            consumer.ack(item_ids)
+            metrics.EVENTS_WRITTEN.labels(source=source).inc(batch.counts.get(source, 0))
         metrics.POINTS_WRITTEN.inc(points)
         self._points_since_status += points
 

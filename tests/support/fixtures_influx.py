@@ -161,6 +161,15 @@ class InfluxServer:
         """Total number of points in ``db``."""
         return sum(self.series_counts(db).values())
 
+    def points_fast(self, db: str) -> int:
+        """Points in ``db`` by ``count(*)``: per measurement the largest field count. Exact when
+        some field is in every point of a measurement (``value``, ``fired``, ...); for millions of
+        points, where ``points()`` would fetch every row."""
+        total = 0
+        for row in self.query("SELECT count(*) FROM /.*/", db):
+            total += max((v for k, v in row.items() if k.startswith("count_") and v), default=0)
+        return total
+
     def create_database(self, name: str) -> None:
         self._raw_query(f'CREATE DATABASE "{name}"')
 
