@@ -264,9 +264,13 @@ class Consumer(_QueueFile):
 
     def _get_one(self) -> dict | None:
         try:
-            return self._q.get(block=False, raw=True)
+            raw = self._q.get(block=False, raw=True)
         except Empty:
             return None
+        # persist-queue keeps every taken item decoded in memory until it is acked; ack and nack
+        # by id do not need that copy, and without it the writer can let events go once converted
+        self._q._unack_cache.pop(raw["pqid"], None)
+        return raw
 
     def ack(self, item_ids: Iterable[int]) -> None:
         """Mark items done once InfluxDB accepted (or the dead-letter store holds) their events."""
@@ -282,6 +286,17 @@ class Consumer(_QueueFile):
         """Give items back (ready again), e.g. on a graceful stop before they were written."""
         for item_id in item_ids:
             _retry_locked(lambda: self._q.nack(id=item_id), self.path, "return a batch")
+
+    def events_of(self, item_id: int) -> list[dict]:
+        """The events of an item taken and not yet acked, read again from the file, so that the
+        writer need not hold every event in memory while InfluxDB answers (it needs one back
+        only to dead-letter it)."""
+        row = _retry_locked(lambda: self._db.execute(
+            f"SELECT data FROM {TABLE} WHERE _id = ?", (item_id,)).fetchone(),
+            self.path, "re-read a batch")
+        if row is None:
+            raise QueueError(f"{self.path}: item {item_id} is no longer in the queue")
+        return _Json.loads(row[0])["events"]
 
 
 class _transaction:
