@@ -55,23 +55,55 @@ def make_line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, fl
 
     Raises ValueError when nothing is left to write (no fields, empty measurement) or a float is
     not finite (InfluxDB rejects NaN and infinity)."""
-    if not measurement:
-        raise ValueError("empty measurement name")
-    parts = [escape_name(measurement)]
-    for key in sorted(tags):
-        value = tags[key]
-        if key and value:
-            parts.append(f",{escape_name(key)}={escape_name(value)}")
-    field_parts = []
+    return f"{make_prefix(measurement, tags)} {make_fieldset(measurement, fields)} {int(time_ns)}"
+
+
+def make_prefix(measurement: str, tags: Mapping[str, str]) -> str:
+    """``measurement,tag=value,...`` (tags sorted, empty ones left out). Series repeat, so the
+    result is cached per (measurement, tags)."""
+    key = (measurement, tuple(tags.items()))
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        if not measurement:
+            raise ValueError("empty measurement name")
+        parts = [escape_name(measurement)]
+        for name in sorted(tags):
+            value = tags[name]
+            if name and value:
+                parts.append(f",{escape_name(name)}={escape_name(value)}")
+        prefix = "".join(parts)
+        if len(_PREFIXES) >= _MAX_CACHED:
+            _PREFIXES.clear()
+        _PREFIXES[key] = prefix
+    return prefix
+
+
+def make_fieldset(measurement: str, fields: Mapping[str, float | str | bool]) -> str:
+    """``key=value,...`` sorted by key."""
+    parts = []
     for key in sorted(fields):
+        if not key:
+            continue
         value = fields[key]
-        if type(value) is float and not math.isfinite(value):
-            raise ValueError(f"field {key!r} is {value!r}; InfluxDB accepts only finite numbers")
-        if key:
-            field_parts.append(f"{escape_name(key)}={format_field(value)}")
-    if not field_parts:
+        if type(value) is float:
+            if not math.isfinite(value):
+                raise ValueError(f"field {key!r} is {value!r}; InfluxDB accepts only finite "
+                                 "numbers")
+            text = repr(value)
+        else:
+            text = format_field(value)
+        escaped = _KEYS.get(key)
+        if escaped is None:
+            escaped = escape_name(key)
+            if len(_KEYS) >= _MAX_CACHED:
+                _KEYS.clear()
+            _KEYS[key] = escaped
+        parts.append(f"{escaped}={text}")
+    if not parts:
         raise ValueError(f"point in {measurement!r} has no fields")
-    parts.append(" ")
-    parts.append(",".join(field_parts))
-    parts.append(f" {int(time_ns)}")
-    return "".join(parts)
+    return ",".join(parts)
+
+
+_MAX_CACHED = 100_000
+_PREFIXES: dict[tuple, str] = {}
+_KEYS: dict[str, str] = {}

@@ -169,16 +169,7 @@ class StateChangedSchemaHA:
         attributes = state.get("attributes") or {}
         domain, object_id = split_entity_id(entity_id)
 
-        include_state = include_value = False
-        try:
-            state_as_value = float(state_value)
-            include_value = True
-        except ValueError:
-            try:
-                state_as_value = float(state_as_number(state_value))
-                include_state = include_value = True
-            except ValueError:
-                include_state = True
+        include_state, include_value, state_as_value = _state_fields(state_value)
 
         entity_config = self.component_config.get(entity_id)
         measurement, include_uom, include_dc = self._measurement(
@@ -233,17 +224,63 @@ class StateChangedSchemaHA:
             value = value.replace("T", " ", 1)
         if key in fields:
             key = f"{key}_"
-        try:
-            fields[key] = float(value)
-        except (ValueError, TypeError, OverflowError):
-            new_key = f"{key}_str"
-            new_value = str(value)
-            fields[new_key] = new_value
-            if RE_DIGIT_TAIL.match(new_value):
-                fields[key] = float(RE_DECIMAL.sub("", new_value))
+        if type(value) is str:
+            number, digit_tail = _string_attribute(value)
+            if number is not None:
+                fields[key] = number
+            else:
+                fields[f"{key}_str"] = value
+                if digit_tail is not None:
+                    fields[key] = digit_tail
+        else:
+            try:
+                fields[key] = float(value)
+            except (ValueError, TypeError, OverflowError):
+                new_value = str(value)
+                fields[f"{key}_str"] = new_value
+                if RE_DIGIT_TAIL.match(new_value):
+                    fields[key] = float(RE_DECIMAL.sub("", new_value))
         number = fields.get(key)
         if type(number) is float and not math.isfinite(number):
             del fields[key]
+
+
+def _state_fields(state: str) -> tuple[bool, bool, float | None]:
+    """(include ``state``, include ``value``, value) as ``event_to_json`` decides them; cached,
+    since states repeat and a failed ``float()`` is slow."""
+    found = _STATES.get(state)
+    if found is None:
+        try:
+            found = (False, True, float(state))
+        except ValueError:
+            try:
+                found = (True, True, float(state_as_number(state)))
+            except ValueError:
+                found = (True, False, None)
+        if len(_STATES) >= _MAX_CACHED_VALUES:
+            _STATES.clear()
+        _STATES[state] = found
+    return found
+
+
+def _string_attribute(value: str) -> tuple[float | None, float | None]:
+    """For a string attribute: (``float(value)`` or None, the digit-tail number or None)."""
+    found = _STRINGS.get(value)
+    if found is None:
+        try:
+            found = (float(value), None)
+        except ValueError:
+            found = (None, float(RE_DECIMAL.sub("", value)) if RE_DIGIT_TAIL.match(value)
+                     else None)
+        if len(_STRINGS) >= _MAX_CACHED_VALUES:
+            _STRINGS.clear()
+        _STRINGS[value] = found
+    return found
+
+
+_MAX_CACHED_VALUES = 100_000
+_STATES: dict[str, tuple] = {}
+_STRINGS: dict[str, tuple] = {}
 
 
 def _tag_strings(tags: dict[str, Any]) -> dict[str, str]:
