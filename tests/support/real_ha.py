@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -582,3 +583,84 @@ class HAClient:
                 self._events.append(message["event"])
             elif "id" in message:
                 self._results[message["id"]] = message
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving a real HA and recording what its event bus carried
+
+def change_calls(count: int, start: int = 0):
+    """``count`` service calls that each change at least one state (some cause more: the template
+    sensor follows the temperatures; the automation counts switch toggles)."""
+    for n in range(start, start + count):
+        kind = n % 6
+        if kind in (0, 3):
+            entity = "input_number.acc_temp_1" if kind == 0 else "input_number.acc_temp_2"
+            yield ("input_number", "set_value", {"value": round(-19.9 + (n * 0.7) % 69, 1)},
+                   {"entity_id": entity})
+        elif kind == 1:
+            yield ("input_boolean", "toggle", None, {"entity_id": "input_boolean.acc_switch_1"})
+        elif kind == 2:
+            yield ("input_number", "set_value", {"value": n % 100},
+                   {"entity_id": "input_number.acc_humidity"})
+        elif kind == 4:
+            yield ("input_text", "set_value", {"value": f"note {n}"},
+                   {"entity_id": "input_text.acc_note"})
+        else:
+            yield ("input_select", "select_next", None, {"entity_id": "input_select.acc_mode"})
+
+
+def drive(client: HAClient, calls, window: int = 32, rate: float | None = None) -> int:
+    """Make the calls with up to ``window`` in flight (unpaced), or at ``rate`` calls/s."""
+    pending: deque[int] = deque()
+    made, began = 0, time.monotonic()
+    for domain, service, data, target in calls:
+        if rate:
+            delay = began + made / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        pending.append(client.call_service(domain, service, data, target, wait=False))
+        made += 1
+        while len(pending) >= window or (rate and len(pending) > 1):
+            client.result(pending.popleft(), timeout=60)
+    while pending:
+        client.result(pending.popleft(), timeout=60)
+    return made
+
+
+class EventRecorder:
+    """Everything HA's event bus carries, from a subscription of our own (a reference to compare
+    the collector's queue with). Runs in a background thread until ``stop()``."""
+
+    def __init__(self, server: HomeAssistantServer):
+        self.events: list[dict] = []
+        self._client = server.client()
+        self._client.subscribe_events()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="ha-event-recorder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                event = self._client.recv_event(0.5)
+            except (OSError, websocket.WebSocketException, HAClientError):
+                return   # HA went away (a restart): this recorder is done
+            if event is not None:
+                self.events.append(event)
+
+    def stop(self) -> list[dict]:
+        self._stopping = True
+        self._thread.join(10)
+        self._client.close()
+        return self.events
+
+    def state_changes(self) -> list[dict]:
+        return [e for e in list(self.events) if e["event_type"] == "state_changed"]
+
+    def max_rate(self) -> int:
+        """The most events HA fired in one second (by time_fired), all event types."""
+        per_second: dict[str, int] = {}
+        for event in list(self.events):
+            second = event["time_fired"][:19]
+            per_second[second] = per_second.get(second, 0) + 1
+        return max(per_second.values(), default=0)
