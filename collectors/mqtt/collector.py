@@ -1,0 +1,345 @@
+"""The MQTT collector: the network thread (this module) and the committer thread (committer.py).
+
+Network thread: runs paho's I/O through paho's external-loop API (``socket()``, ``loop_read()``,
+``loop_write()``, ``loop_misc()``), so every paho call happens in this one thread and reading can
+be paused. ``on_message`` only appends (receive time, message) to a list; after each burst of
+reads the list goes to the inbox. Acknowledgements come back from the committer after the batch is
+durable and are sent here (``client.ack``: paho's ``manual_ack``).
+
+paho does not limit what it reads with ``manual_ack``: the broker does. It keeps at most its
+in-flight window of unacknowledged QoS 1 messages on the wire to us (Mosquitto:
+``max_inflight_messages``, default 20, for MQTT 3.1.1; the Receive Maximum we send for MQTT 5),
+then waits for our PUBACKs. So not acknowledging is what pauses the broker, and the inbox bound
+(``room()``) is what pauses our reading when messages arrive without flow control (QoS 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import time
+
+import paho.mqtt.client as mqtt
+
+from ha_ingestor import metrics
+from ha_ingestor.backoff import Backoff
+from ha_ingestor.envelope import MQTT
+from ha_ingestor.errors import EXIT_OK, ConfigError
+
+from collectors.mqtt import session
+from collectors.mqtt.committer import Committer
+from collectors.mqtt.inbox import Inbox
+from collectors.mqtt.topics import validate_filter
+
+log = logging.getLogger("collectors.mqtt")
+
+CONNACK_TIMEOUT_S = 10.0
+BURST_PACKETS = 256            # packets read per select() wake-up before servicing the rest
+BATCH_BYTES = 8 * 1024 * 1024  # payload bytes per batch (large payloads make small batches)
+HELD_BYTES = 32 * 1024 * 1024  # stop reading while this much payload waits for a commit
+STOP_FLUSH_S = 10.0            # on stop: how long to wait for the last batch to commit
+
+
+class MqttCollector:
+    def __init__(self, config, stop):
+        self.config = config
+        self.mqtt = config.mqtt
+        self.stop = stop
+        self._check_config()
+        self.qos = session.subscription_qos(self.mqtt.qos)
+        batch_events = config.queue.batch_events
+        v311 = str(self.mqtt.protocol) == "3.1.1"
+        self.inbox = Inbox(batch_events, config.queue.batch_interval, BATCH_BYTES,
+                           max_held=2 * batch_events + session.receive_maximum(batch_events),
+                           max_held_bytes=HELD_BYTES, commit_on_stall=v311 and self.qos > 0)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.committer = Committer(config, self.inbox, self._wake)
+        self.client = session.make_client(self.mqtt, batch_events)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0)
+        self.where = f"{self.mqtt.host}:{self.mqtt.port}"
+        self.connected = False
+        self.connecting_since: float | None = None
+        self.fatal: BaseException | None = None
+        self._rx: list = []
+        self._sub_topics: list[str] = []
+        self._ever_connected = False
+        self._outage_logged = False
+        self._failed_attempts = 0
+        self._retry_at = 0.0
+        self._refused: str | None = None
+        self._connected_gauge = metrics.CONNECTED.labels(component=MQTT)
+        self._received = metrics.EVENTS_RECEIVED.labels(source=MQTT)
+        self._reconnects = metrics.RECONNECTS.labels(component=MQTT)
+
+    def _check_config(self) -> None:
+        if not self.mqtt.topics:
+            raise ConfigError("mqtt.topics must list at least one topic filter")
+        for key, filters in (("mqtt.topics", self.mqtt.topics),
+                             ("mqtt.exclude_topics", self.mqtt.exclude_topics)):
+            for topic_filter in filters:
+                try:
+                    validate_filter(topic_filter)
+                except ValueError as err:
+                    raise ConfigError(f"{key}: {err}") from None
+        if self.mqtt.qos == 2:
+            log.warning("mqtt.qos 2 is subscribed as QoS 1: paho confirms QoS 2 messages to the "
+                        "broker before we see them, QoS 1 with acknowledgement after the commit "
+                        "is what guarantees delivery")
+
+    # --- the main loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        server = None
+        self._connected_gauge.set(0)
+        self.committer.start()
+        self.committer.ready.wait()
+        self._raise_if_failed()
+        if self.config.metrics.enabled:
+            server = metrics.serve(self.config.metrics.host,
+                                   self.config.metrics.ports.get(MQTT, 0), self.ready)
+        try:
+            while not self.stop.is_set():
+                self._raise_if_failed()
+                if self.client.socket() is None:
+                    self._connect_with_backoff()
+                else:
+                    self._pump(reading=self.inbox.room())
+            self._shutdown()
+        except BaseException:
+            self.committer.abort()
+            raise
+        finally:
+            self._close_socket()
+            self._connected_gauge.set(0)
+            self.committer.join(5.0)
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            self._wake_r.close()
+            self._wake_w.close()
+        return EXIT_OK
+
+    def ready(self) -> bool:
+        return self.connected and not self.committer.full
+
+    def _raise_if_failed(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
+        if self.committer.error is not None:
+            raise self.committer.error
+        if not self.committer.alive and not self.stop.is_set():
+            raise RuntimeError("the MQTT committer thread stopped unexpectedly")
+
+    def _pump(self, reading: bool, timeout: float = 1.0) -> None:
+        """One select() round: acks from the committer, reads, writes, keepalive."""
+        sock = self.client.socket()
+        if self.connecting_since is not None:
+            reading = True  # the CONNACK
+            if time.monotonic() - self.connecting_since > CONNACK_TIMEOUT_S:
+                self._connect_failed(f"no CONNACK within {CONNACK_TIMEOUT_S:.0f} s")
+                return
+        rlist = [self._wake_r, sock] if reading else [self._wake_r]
+        wlist = [sock] if self.client.want_write() else []
+        pending = reading and getattr(sock, "pending", None) is not None and sock.pending()
+        readable, writable, _ = select.select(rlist, wlist, [], 0 if pending else timeout)
+        if self._wake_r in readable:
+            self._drain_wake()
+        self._send_acks()
+        if pending or sock in readable:
+            self._read_burst(sock)
+        if self.client.socket() is not None and self.client.want_write():
+            self.client.loop_write()
+        if self.client.socket() is not None:
+            self.client.loop_misc()
+
+    def _read_burst(self, sock) -> None:
+        client, rx = self.client, self._rx
+        drained = False
+        for _ in range(BURST_PACKETS):
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or client.socket() is not sock:
+                break
+            if getattr(sock, "pending", None) is not None and sock.pending():
+                continue
+            if not select.select([sock], [], [], 0)[0]:
+                drained = True
+                break
+            if len(rx) + self.inbox.held >= self.inbox.max_held:
+                break
+        if rx:
+            self._received.inc(len(rx))
+            self.inbox.put(rx, drained)
+            rx.clear()
+
+    def _on_message(self, _client, _userdata, message) -> None:
+        self._rx.append((time.time_ns(), message))
+
+    def _send_acks(self) -> None:
+        acks = self.committer.acks
+        while acks:
+            generation, mids = acks.popleft()
+            if generation != self.inbox.generation or not self.connected:
+                continue  # a packet id of an earlier connection: the broker re-sends those
+            ack = self.client.ack
+            for mid, qos in mids:
+                ack(mid, qos)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake, or shutting down
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    # --- connection ------------------------------------------------------------------------------
+
+    def _connect_with_backoff(self) -> None:
+        """Wait out the backoff delay, then open the connection (CONNACK comes through _pump)."""
+        wait = self._retry_at - time.monotonic()
+        if wait > 0 or self.committer.full:
+            # While the queue is full, reconnecting would only fill memory with messages we
+            # cannot commit; the broker keeps them in the session.
+            self.stop.wait(min(max(wait, 0.0), 0.5) if wait > 0 else 0.5)
+            self._drain_wake()
+            self._send_acks()
+            return
+        try:
+            session.connect(self.client, self.mqtt, self.config.queue.batch_events)
+        except (OSError, ValueError) as err:
+            self._connect_failed(str(err) or type(err).__name__)
+            return
+        self.connecting_since = time.monotonic()
+
+    def _connect_failed(self, why: str) -> None:
+        """One failed attempt: log the outage once, then only at debug level; schedule the next."""
+        self._close_socket()
+        self.connecting_since = None
+        self._failed_attempts += 1
+        self._reconnects.inc()
+        delay = self.backoff.next_delay()
+        self._retry_at = time.monotonic() + delay
+        if not self._outage_logged:
+            self._outage_logged = True
+            log.warning("cannot connect to MQTT broker %s: %s; retrying with backoff (up to "
+                        "%.0f s between attempts)", self.where, why, self.backoff.cap)
+        else:
+            log.debug("connect attempt %d to %s failed: %s; next in %.1f s",
+                      self._failed_attempts, self.where, why, delay)
+
+    def _on_connect(self, client, _userdata, flags, reason_code, _properties) -> None:
+        self.connecting_since = None
+        if reason_code.is_failure:
+            refusal = session.connack_refusal(reason_code, self.where)
+            if refusal is not None:
+                self.fatal = refusal
+            else:
+                self._refused = str(reason_code)
+            return
+        self.connected = True
+        self._connected_gauge.set(1)
+        self.backoff.reset()
+        after = f" after {self._failed_attempts} failed attempt(s)" if self._failed_attempts else ""
+        log.info("connected to MQTT broker %s as %r (MQTT %s, session present: %s)%s",
+                 self.where, self.mqtt.client_id, self.mqtt.protocol,
+                 "yes" if flags.session_present else "no", after)
+        if self._ever_connected and not flags.session_present:
+            log.warning("the broker had no session for %r: messages published while we were "
+                        "away are lost (broker restarted without persistence, or the session "
+                        "expired)", self.mqtt.client_id)
+        self._ever_connected = True
+        self._outage_logged = False
+        self._failed_attempts = 0
+        self._sub_topics = list(self.mqtt.topics)
+        client.subscribe([(topic, self.qos) for topic in self._sub_topics])
+
+    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
+        refused = session.suback_refusals(self._sub_topics, reason_codes)
+        if refused:
+            from ha_ingestor.errors import AuthError
+            self.fatal = AuthError(f"MQTT broker {self.where} refused the subscription to "
+                                   f"{', '.join(refused)}: not authorised for these topics "
+                                   f"(check the broker's ACL for mqtt.username)")
+        else:
+            log.info("subscribed to %s at QoS %d", ", ".join(self._sub_topics), self.qos)
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+        """Runs inside paho's read/write/keepalive calls: record the state, nothing slow."""
+        was_connected, self.connected = self.connected, False
+        self._connected_gauge.set(0)
+        dropped = self.inbox.discard_unacked()
+        if self.stop.is_set() and was_connected:
+            return
+        if not was_connected:  # refused at CONNACK, or the socket failed before it
+            self._connect_failed(self._refused or str(reason_code))
+            self._refused = None
+            return
+        self.connecting_since = None
+        self._outage_logged = True
+        self._reconnects.inc()
+        self._retry_at = time.monotonic() + self.backoff.next_delay()
+        log.warning("lost connection to MQTT broker %s (%s); reconnecting with backoff%s",
+                    self.where, reason_code,
+                    f"; {dropped} uncommitted message(s) will be re-sent by the broker"
+                    if dropped else "")
+
+    def _close_socket(self) -> None:
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                self.client._sock_close()
+            except Exception:  # noqa: BLE001 - closing a broken socket
+                pass
+
+    # --- stop ----------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Commit and acknowledge what we hold, then disconnect cleanly."""
+        self._flush_reads()
+        if self.committer.full:
+            self.committer.abort()
+        self.inbox.close()
+        deadline = time.monotonic() + STOP_FLUSH_S
+        while self.committer.alive and time.monotonic() < deadline and \
+                self.client.socket() is not None:
+            if self.committer.full:
+                self.committer.abort()
+            self._pump(reading=False, timeout=0.1)
+        self._raise_if_failed()
+        self._send_acks()
+        if self.committer.abandoned:
+            log.warning("stopped with %d QoS 0 message(s) not committed (queue full)",
+                        self.committer.abandoned)
+        if self.client.socket() is not None and self.connected:
+            self.client.disconnect()
+            deadline = time.monotonic() + 2.0
+            while self.client.socket() is not None and self.client.want_write() and \
+                    time.monotonic() < deadline:
+                self.client.loop_write()
+            log.info("disconnected from MQTT broker %s", self.where)
+
+    def _flush_reads(self) -> None:
+        """Hand what paho already parsed to the inbox (nothing is left in ``_rx`` between bursts,
+        but an exception mid-burst could leave some)."""
+        if self._rx:
+            self.inbox.put(self._rx, True)
+            self._rx = []
+
+
+def run(config, stop) -> int:
+    """Entry point for ``ha-ingestor collect mqtt``: runs until ``stop`` is set; returns EXIT_OK.
+    Raises AuthError (refused credentials or client id), ConfigError, QueueError."""
+    if not config.mqtt.enabled:
+        raise ConfigError("mqtt.enabled is false: enable the MQTT collector in the config to run it")
+    return MqttCollector(config, stop).run()

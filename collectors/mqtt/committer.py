@@ -1,0 +1,181 @@
+"""The committer thread: batches from the inbox → one durable ``Producer.append`` each → the
+packet ids to acknowledge, handed back to the network thread.
+
+It owns the queue file (the SQLite connections are opened, used and closed in this thread). When
+the queue is full it keeps the batch, stops committing (so nothing is acknowledged and the broker
+stops sending once its in-flight window is used up), polls until the writer frees space and
+resumes. An exception here is stored and re-raised by the network thread: the process exits
+non-zero, never silently without its committer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from ha_ingestor import metrics
+from ha_ingestor.envelope import MQTT, mqtt_event
+from ha_ingestor.errors import QueueFull
+from ha_ingestor.queue import Producer
+
+from collectors.mqtt.inbox import Inbox
+from collectors.mqtt.topics import TopicFilter
+
+log = logging.getLogger("collectors.mqtt")
+
+FULL_POLL_S = 0.5
+REASON_TOO_LARGE = "payload_too_large"
+REASON_BAD_TOPIC = "topic_not_utf8"
+
+
+class Committer:
+    def __init__(self, config, inbox: Inbox, wake: Callable[[], None]):
+        self.queue_config = config.queue
+        self.max_payload = config.mqtt.max_payload_bytes
+        self.topics = TopicFilter(config.mqtt.exclude_topics)
+        self.inbox = inbox
+        self.wake = wake                      # wakes the network thread's select()
+        self.acks: deque = deque()            # (generation, [(mid, qos), ...]) ready to send
+        self.error: BaseException | None = None
+        self.full = False
+        self.abandoned = 0                    # QoS 0 messages still held when we had to stop
+        self.ready = threading.Event()        # the queue file is open (or opening failed)
+        self._abort = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="mqtt-committer", daemon=True)
+        self._committed = metrics.EVENTS_COMMITTED.labels(source=MQTT)
+        self._batches = metrics.BATCHES_COMMITTED.labels(source=MQTT)
+        self._latency = metrics.COMMIT_LATENCY.labels(source=MQTT)
+        self._full_gauge = metrics.QUEUE_FULL.labels(source=MQTT)
+
+    # --- control (network thread) --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def abort(self) -> None:
+        """Stop without committing more (an error elsewhere, or a stop while the queue is full)."""
+        self._abort.set()
+        self.inbox.close()
+
+    def join(self, timeout: float | None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # --- the thread ----------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        producer = None
+        try:
+            producer = Producer(self.queue_config.dir, MQTT, self.queue_config.max_bytes)
+            self.ready.set()
+            while not self._abort.is_set():
+                taken = self.inbox.take()
+                if taken is None:
+                    break
+                self._commit_batch(producer, *taken)
+        except BaseException as exc:  # noqa: BLE001 - handed to the network thread, re-raised
+            self.error = exc
+        finally:
+            self.ready.set()
+            if producer is not None:
+                try:
+                    producer.close()
+                except Exception as exc:  # noqa: BLE001
+                    self.error = self.error or exc
+            self.wake()
+
+    def _commit_batch(self, producer: Producer, batch: list, generation: int) -> None:
+        size = sum(len(msg.payload) for _rx, msg in batch)
+        events, dead, acks = self._prepare(batch)
+        if not self._store(producer, events, dead, generation):
+            return
+        if batch:
+            self._latency.observe(max(0.0, (time.time_ns() - batch[0][0]) / 1e9))
+        self.acks.append((generation, acks))
+        self.inbox.release(len(batch), size)
+        self.wake()
+
+    def _prepare(self, batch: list) -> tuple[list, list, list]:
+        """Envelopes to store, dead letters, and (mid, qos) of every QoS 1/2 message: excluded
+        and dead-lettered messages are acknowledged too (they are handled, not lost)."""
+        events, dead, acks = [], [], []
+        excluded = self.topics.excluded
+        limit = self.max_payload
+        for rx, msg in batch:
+            if msg.qos:
+                acks.append((msg.mid, msg.qos))
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:
+                event = mqtt_event(msg._topic.decode("utf-8", "replace"), msg.payload, msg.qos,
+                                   msg.retain, rx)
+                dead.append((event, f"{REASON_BAD_TOPIC}: topic is not valid UTF-8: "
+                                    f"{msg._topic!r}"))
+                continue
+            if excluded(topic):
+                continue
+            event = mqtt_event(topic, msg.payload, msg.qos, msg.retain, rx)
+            if limit and len(msg.payload) > limit:
+                dead.append((event, f"{REASON_TOO_LARGE}: payload of {len(msg.payload)} bytes "
+                                    f"exceeds mqtt.max_payload_bytes ({limit})"))
+            else:
+                events.append(event)
+        return events, dead, acks
+
+    def _store(self, producer: Producer, events: list, dead: list, generation: int) -> bool:
+        """One durable commit for the batch (and one for its dead letters). False when we gave
+        up on it (abort while the queue was full)."""
+        while events:
+            try:
+                producer.append(events)
+                self._committed.inc(len(events))
+                self._batches.inc()
+                break
+            except QueueFull as exc:
+                events = self._wait_for_space(producer, exc, events, generation)
+                if events is None:
+                    return False
+        while dead:
+            try:
+                producer.dead_letter(dead)
+                for _event, reason in dead:
+                    metrics.DEAD_LETTERS.labels(source=MQTT,
+                                                reason=reason.split(":", 1)[0]).inc()
+                log.warning("kept %d message(s) as dead letters, e.g. %s: %s", len(dead),
+                            dead[0][0]["topic"], dead[0][1])
+                break
+            except QueueFull as exc:
+                dead = self._wait_for_space(producer, exc, dead, generation,
+                                            qos_of=lambda entry: entry[0]["qos"])
+                if dead is None:
+                    return False
+        if self.full:
+            self.full = False
+            self._full_gauge.set(0)
+            log.info("queue has space again: committing and acknowledging again")
+        return True
+
+    def _wait_for_space(self, producer: Producer, exc: QueueFull, items: list, generation: int,
+                        qos_of=lambda event: event["qos"]) -> list | None:
+        """Hold ``items`` until the queue has room. QoS 1/2 items of a connection that has since
+        been lost are dropped: the broker re-sends them. None: aborted."""
+        if not self.full:
+            self.full = True
+            self._full_gauge.set(1)
+            log.warning("queue full (%s): holding %d message(s), not acknowledging; the broker "
+                        "keeps the rest until the writer frees space", exc, len(items))
+            self.wake()
+        while producer.is_full():
+            if self._abort.wait(FULL_POLL_S):
+                self.abandoned += sum(1 for item in items if not qos_of(item))
+                return None
+        if self.inbox.stale(generation):
+            items = [item for item in items if not qos_of(item)]
+        return items
