@@ -339,7 +339,7 @@ def generate_activity(seconds: float, ha: HomeAssistant, mqtt_port: int) -> dict
     ends = time.monotonic() + seconds
     while time.monotonic() < ends and not stop.is_set():
         stop.wait(min(10.0, max(0.0, ends - time.monotonic())))
-        say(f"  {counts['ha']} HA service calls, {counts['mqtt']} MQTT messages so far")
+        say(f"  {counts['ha']} HA state changes, {counts['mqtt']} MQTT messages so far")
     stop.set()
     for thread in threads:
         thread.join(30)
@@ -373,11 +373,15 @@ def measurement_table(influx) -> list[tuple[str, str, int]]:
         name = row["name"]
         tags = {r["tagKey"] for r in influx.query(f'SHOW TAG KEYS FROM "{name}"', DATABASE)}
         source = "mqtt" if MQTT_TAG in tags else "ha"
-        counts = influx.query(f'SELECT count(*) FROM "{name}"', DATABASE)
-        points = max((v for r in counts for k, v in r.items() if k.startswith("count") and v),
-                     default=0)
-        rows.append((name, source, points))
+        rows.append((name, source, count_points(influx, name)))
     return rows
+
+
+def count_points(influx, measurement: str) -> int:
+    """Points in a measurement: per series, the count of its most frequent field."""
+    per_series = influx.query(f'SELECT count(*) FROM "{measurement}" GROUP BY *', DATABASE)
+    return sum(max((v for k, v in row.items() if k.startswith("count") and v), default=0)
+               for row in per_series)
 
 
 def print_table(rows: list[tuple[str, str, int]]) -> None:
@@ -389,7 +393,7 @@ def print_table(rows: list[tuple[str, str, int]]) -> None:
     for source in ("ha", "mqtt"):
         total = sum(r[2] for r in rows if r[1] == source)
         print(f"{'total ' + source:<{width}}  {'':<6}  {total:>8}")
-    print("(points: the largest count of any field; a point per timestamp and series)\n")
+    print()
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -414,8 +418,8 @@ def run_demo(args: argparse.Namespace, stack: Stack) -> int:
     config_path, ports = write_config(stack.workdir, mosquitto, influx, ha)
     start_ingestor(stack, config_path, ports)
     counts = generate_activity(args.seconds, ha, mosquitto.port)
-    say(f"sent {counts['ha']} HA state changes (service calls) and {counts['mqtt']} MQTT "
-        f"messages; waiting for the queue to drain")
+    say(f"made {counts['ha']} HA state changes and sent {counts['mqtt']} MQTT messages; "
+        f"waiting for the queue to drain")
     wait_drained(config_path)
     print("\n$ ha-ingestor queue status", flush=True)
     subprocess.run(ingestor_cmd(config_path, "queue", "status"), env=clean_env())
