@@ -17,6 +17,7 @@ import yaml
 
 from ha_ingestor import queue as hq
 from tests.chaos import procfs
+from tests.chaos.servers import http
 from tests.support import procs
 
 ROLES = {"mqtt": ("collect", "mqtt"), "ha": ("collect", "ha"), "writer": ("write",)}
@@ -60,11 +61,30 @@ class Pipeline:
 
     def start(self, timeout: float = 60.0) -> None:
         self.proc = procs.start_process(self.argv("run"), self.log_path, env=self.env)
-        procs.wait_until(lambda: len(self.children()) == len(ROLES) or self.proc.poll() is not None,
+        procs.wait_until(lambda: len(self.children()) == len(self.roles())
+                         or self.proc.poll() is not None,
                          timeout, "ha-ingestor run children")
         if self.proc.poll() is not None:
             raise RuntimeError(f"ha-ingestor run exited with {self.proc.returncode}:\n"
                                f"{procs.tail(self.log_path)}")
+        procs.wait_until(self.ready, timeout, "every ha-ingestor component's /readyz",
+                         interval=0.2)
+
+    def ready(self) -> bool:
+        """/readyz of every child answers 200 (connected to its source or sink)."""
+        ports = self.config["metrics"]["ports"]
+        for role in self.roles():
+            try:
+                if http("GET", f"http://127.0.0.1:{ports[role]}/readyz", timeout=2)[0] != 200:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def roles(self) -> list[str]:
+        enabled = {"mqtt": self.config["mqtt"].get("enabled", True),
+                   "ha": self.config["homeassistant"].get("enabled", True), "writer": True}
+        return [role for role in ROLES if enabled[role]]
 
     def stop(self, timeout: float = 60.0) -> int | None:
         return procs.stop_process(self.proc, timeout)

@@ -33,9 +33,11 @@ def render(r: Report) -> str:
         if col is None:
             continue
         for key, n in sorted(col.lost_by.items(), key=lambda kv: -kv[1])[:15]:
-            lines.append(f"  ha-ingestor lost {n} on {name} {key}")
+            lines.append(f"  ha-ingestor lost {n} on {name} {key}, fired at "
+                         f"{_secs(r.lost_at_s.get(key))}")
         for key, n in sorted(col.duplicates_by.items(), key=lambda kv: -kv[1])[:15]:
-            lines.append(f"  ha-ingestor duplicated {n} on {name} {key}")
+            lines.append(f"  ha-ingestor duplicated {n} on {name} {key}, fired at "
+                         f"{_secs(r.duplicated_at_s.get(key))}")
     lines += [f"  fault error: {e}" for e in r.fault_errors]
     if not r.with_pipeline:
         lines.append("harness only (--no-pipeline): no verdict on ha-ingestor")
@@ -52,3 +54,9 @@ def _block(title: str, ours: Column | None, theirs: Column | None) -> list[str]:
         other = "-" if theirs is None else f"{getattr(theirs, attr):,}"
         out.append(f"{label:<34}{mine:>14}{other:>26}")
     return out
+
+
+def _secs(offsets) -> str:
+    if not offsets:
+        return "?"
+    return ", ".join("?" if o is None else f"{o} s" for o in offsets) + " (e.g.)"

@@ -41,6 +41,8 @@ class Report:
     settle_s: float | None = None
     workdir: str = ""
     with_pipeline: bool = True
+    lost_at_s: dict = field(default_factory=dict)      # a few lost events: seconds since load start
+    duplicated_at_s: dict = field(default_factory=dict)
 
     @property
     def fault_errors(self) -> list[str]:
@@ -207,6 +209,21 @@ class ChaosRun:
         r.integration_ha = verify.compare(ha_fired, verify.ha_points(self.influx, HA_DB, since))
         r.ours_mqtt = verify.compare(mqtt_fired, verify.mqtt_points(
             self.influx, OURS_DB, since, self.mqtt_ledger.topic_of))
+        r.lost_at_s = self._offsets("lost_samples")
+        r.duplicated_at_s = self._offsets("duplicate_samples")
+
+    def _offsets(self, attr: str) -> dict:
+        """When the sampled lost/duplicated events were fired, in seconds since load start, so
+        they can be laid beside the fault timeline."""
+        start_s = self.since_ns / 1e9
+        out = {}
+        for key, ids in getattr(self.report.ours_ha, attr).items():
+            out[key] = [round(i / 1e6 - start_s, 2) for i in ids]
+        published = self.mqtt_load.published_at
+        for key, ids in getattr(self.report.ours_mqtt, attr).items():
+            out[key] = [round(published[i] - start_s, 2) if i in published else None
+                        for i in ids]
+        return out
 
     # -- process sampling -------------------------------------------------------------------------
 

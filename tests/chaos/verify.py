@@ -23,6 +23,8 @@ class Column:
     unexpected: int = 0        # points that match no fired event
     lost_by: dict = field(default_factory=dict)        # entity or topic -> count
     duplicates_by: dict = field(default_factory=dict)
+    lost_samples: dict = field(default_factory=dict)   # key -> a few lost ids, for tracing
+    duplicate_samples: dict = field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -47,8 +49,10 @@ def compare(fired: dict[str, set], landed: dict[str, Counter]) -> Column:
         col.unexpected += sum(n for ident, n in got.items() if ident not in want)
         if lost:
             col.lost_by[key] = lost
+            col.lost_samples[key] = sorted(want - set(got))[:5]
         if dups:
             col.duplicates_by[key] = dups
+            col.duplicate_samples[key] = sorted(i for i, n in got.items() if n > 1)[:5]
     return col
 
 
