@@ -68,8 +68,9 @@ def now_minus(seconds):
 def test_20000_events_land_in_influxdb_v1(influxdb, ingestor):
     influxdb.create_database(DB)
     ing = ingestor(influx_v1(influxdb))
+    proc = start_writer(ing)            # before any queue file exists: it must pick them up
+    time.sleep(1.5)
     fill(ing.queue_dir, mixed_events(20_000, now_minus(3600)))
-    proc = start_writer(ing)
     wait_drained(ing)
     assert influxdb.points(DB) == 20_000, tail(ing.log_path("writer"))
     assert stop_process(proc) == 0
@@ -110,8 +111,13 @@ def test_outage_of_30_s_loses_nothing_and_writes_nothing_twice(influxdb, ingesto
         time.sleep(1.2)
     time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
     assert pending(ing.queue_dir)[0] == 19_000
+    port = ing.config["metrics"]["ports"]["writer"]
+    assert http_status(port, "/readyz") == 503
+    assert "ha_ingestor_influxdb_up 0.0" in http_body(port, "/metrics")
     influxdb.start()
     wait_drained(ing, timeout=90)
+    assert http_status(port, "/readyz") == 200
+    assert "ha_ingestor_points_written_total 20000.0" in http_body(port, "/metrics")
     expected = {}
     for event in events:
         line = ing_converter().convert(event)
@@ -132,6 +138,8 @@ def test_sigkill_mid_batch_then_restart_leaves_counts_unchanged(influxdb, ingest
     wait_until(lambda: influxdb.points(DB) > 0, 60, "first points written")
     kill_process(proc)                          # SIGKILL: the batch in flight is not acked
     assert pending(ing.queue_dir)[0] > 0, "the kill must happen before the backlog is drained"
+    in_flight = sum(queue.read_status(ing.queue_dir, s).in_flight for s in ("ha", "mqtt"))
+    assert in_flight > 0, "the kill must happen while a batch is taken and not yet acked"
     proc = start_writer(ing)
     wait_drained(ing)
     assert influxdb.points(DB) == 60_000
@@ -203,7 +211,39 @@ def test_missing_database_is_reported_and_nothing_is_dropped(influxdb, ingestor)
     assert stop_process(proc) == 0
 
 
+def test_too_large_requests_are_split(tmp_path, ingestor):
+    from tests.support.fixtures_influx import InfluxServer
+    small = InfluxServer(tmp_path / "small-influxdb", max_body_size=100_000).start()
+    try:
+        small.create_database(DB)
+        ing = ingestor(influx_v1(small, gzip=False))   # 5 000 lines are ~1 MB: 413, then halves
+        fill(ing.queue_dir, mixed_events(5_000, now_minus(3600)))
+        proc = start_writer(ing)
+        wait_drained(ing)
+        assert small.points(DB) == 5_000
+        assert pending(ing.queue_dir) == (0, 0)
+        assert stop_process(proc) == 0
+    finally:
+        small.stop()
+
+
 # ---- helpers ---------------------------------------------------------------------------------
+
+def http_body(port: int, path: str) -> str:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        return response.read().decode()
+
+
+def http_status(port: int, path: str) -> int:
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
 
 def ing_converter():
     from ha_ingestor.config.schema import build_schema
