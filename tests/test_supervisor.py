@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -151,6 +152,8 @@ def http_get(url: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except OSError:          # not listening (yet)
+        return 0, ""
 
 
 # ---- the supervisor's rules, with stand-in children -----------------------------------------
@@ -388,6 +391,7 @@ def test_run_restarts_each_killed_child_and_every_message_arrives(product, mosqu
         ha_test_server.set_rate(0)
         acked = flow.finish()
     assert run.poll() is None, tail(ing.log_path("run"))
+    assert len(acked) > 1000 and len(fired_states(ha_test_server)) > 200   # it was under load
     try:
         wait_all_written(influxdb, acked, ha_test_server)
     except TimeoutError:
@@ -424,6 +428,7 @@ def test_sigterm_under_load_exits_0_and_a_restart_loses_and_doubles_nothing(
     finally:
         ha_test_server.set_rate(0)
         acked = flow.finish()
+    assert len(acked) > 1500 and len(fired_states(ha_test_server)) > 500   # it was under load
     wait_all_written(influxdb, acked, ha_test_server)
     time.sleep(2)                         # anything doubled would arrive by now
     values = mqtt_points(influxdb)
