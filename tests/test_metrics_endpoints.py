@@ -143,3 +143,37 @@ def test_writer_readyz_follows_influxdb_and_nothing_is_lost(influxdb, ingestor):
     assert sorted(influx_values(influxdb, "mqtt", "value")) == list(map(float, appended))
     retries = scrape(port)
     assert value(retries, "ha_ingestor_write_retries_total", reason="transient") >= 1
+
+
+def test_ha_collector_counters_agree_with_what_ha_fired(ha_test_server, influxdb, ingestor):
+    influxdb.create_database(DB)
+    ing = ingestor({"homeassistant": {"enabled": True, "url": ha_test_server.url,
+                                      "token": ha_test_server.token},
+                    "influxdb": {"url": influxdb.url, "database": DB,
+                                 "flush_interval": "200ms"}})
+    ports = ing.config["metrics"]["ports"]
+    ing.start("collect", "ha", log="ha")
+    ing.start("write", log="writer")
+    wait_ready(ports["ha"], "ha collector")
+    wait_ready(ports["writer"], "writer")
+    ha_test_server.burst(1000)
+    ha_test_server.fire_event("call_service", {"domain": "light", "service": "turn_on"})
+    fired = sum(ha_test_server.fired.values())
+    assert fired >= 1001
+
+    def collector_caught_up():
+        return value(scrape(ports["ha"]), "ha_ingestor_events_received_total",
+                     source="ha") == fired
+    wait_until(collector_caught_up, 30, f"{fired} HA events received")
+    collector = scrape(ports["ha"])
+    stored = (fired + value(collector, "ha_ingestor_ha_resync_states_total")
+              + value(collector, "ha_ingestor_ha_backfilled_total"))
+    wait_until(lambda: value(scrape(ports["ha"]), "ha_ingestor_events_committed_total",
+                             source="ha") == stored, 20, "HA events committed")
+    assert value(collector, "ha_ingestor_connected", component="ha") == 1
+    assert value(scrape(ports["ha"]), "ha_ingestor_events_dropped_total",
+                 source="ha", reason="queue_full") == 0
+    wait_until(lambda: value(scrape(ports["writer"]), "ha_ingestor_events_written_total",
+                             source="ha") == stored, 30, "HA events written")
+    rows = influxdb.query('SELECT count(*) FROM "ha_events"', DB)
+    assert rows and max(v for k, v in rows[0].items() if k.startswith("count")) == 1
