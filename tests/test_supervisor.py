@@ -435,3 +435,21 @@ def test_sigterm_under_load_exits_0_and_a_restart_loses_and_doubles_nothing(
     assert sorted(values) == list(map(float, acked)), "MQTT messages missing or doubled"
     assert set(ha_points(influxdb)) >= fired_states(ha_test_server)   # InfluxDB keeps one
     # point per entity and time_fired, so HA copies (backfill, resync) cannot double anything
+
+
+def test_run_does_not_hot_restart_a_collector_whose_token_is_refused(influxdb, ha_test_server,
+                                                                     ingestor):
+    ing = ingestor({"homeassistant": {"enabled": True, "url": ha_test_server.url,
+                                      "token": "not-the-token"},
+                    "influxdb": {"url": influxdb.url, "database": DB}})
+    run = ing.start("run", log="run")
+    log_path = ing.log_path("run")
+    wait_until(lambda: "ha exited with code 3" in log_path.read_text(), 30, "ha exit code 3")
+    time.sleep(5)
+    log = log_path.read_text()
+    assert log.count("started ha (pid") == 1, log
+    assert "Not restarting it for" in log
+    assert ha_test_server.stats["auth_invalid"] == 1
+    assert run.poll() is None                     # the writer still runs
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait(30) == EXIT_OK
