@@ -10,7 +10,11 @@ events, zigbee2mqtt JSON and plain MQTT values; one point each), then in the sam
    beforehand, posted by one client in ``--batch-size`` batches (gzip, like the writer);
 2. ``drain_points_per_s``: ``ha-ingestor write`` as its own process, from start until both
    queues are empty, all points verified in InfluxDB;
-3. ``rss_mb_at_1m_backlog``: the writer's peak resident memory (VmHWM) during that drain.
+3. ``rss_mb_at_1m_backlog``: the writer's peak resident memory (VmHWM) during that drain;
+4. ``cost_us_per_event``: each step of the writer timed alone on a separate 100 000-event queue
+   (take, convert, ack; ``influx_post`` from step 1), and the points/s one Python process could
+   reach doing them back to back (``python_side_ceiling_points_per_s``; the writer overlaps the
+   post with the next take and convert).
 
 Prints one JSON line.
 """
@@ -75,6 +79,37 @@ def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int) -
     return len(lines) / elapsed
 
 
+def cost_breakdown(workdir: Path, events: int, start_ns: int) -> dict:
+    """Microseconds per event of each step of the writer, one at a time in this process, on a
+    separate queue of ``events``: take (persist-queue's SELECT, status commit and JSON decode of
+    the item), convert, ack."""
+    from writer.convert import Converter
+    queue_dir = workdir / "breakdown-queue"
+    fill_queues(queue_dir, events, start_ns)
+    convert = Converter(build_schema(SCHEMA)).convert
+    took = converted = acked = 0.0
+    count = 0
+    for source in ("ha", "mqtt"):
+        consumer = queue.Consumer(queue_dir, source)
+        while True:
+            began = time.perf_counter()
+            items = consumer.take(1)
+            took += time.perf_counter() - began
+            if not items:
+                break
+            began = time.perf_counter()
+            for event in items[0].events:
+                convert(event)
+            converted += time.perf_counter() - began
+            began = time.perf_counter()
+            consumer.ack([items[0].item_id])
+            acked += time.perf_counter() - began
+            count += len(items[0].events)
+        consumer.close()
+    return {"queue_take": round(took / count * 1e6, 2), "convert": round(converted / count * 1e6, 2),
+            "queue_ack": round(acked / count * 1e6, 2)}
+
+
 def rss_peak_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -118,6 +153,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--ceiling-points", type=int, default=200_000)
+    parser.add_argument("--breakdown-events", type=int, default=100_000)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="writer-bench-"))
     server = InfluxServer(workdir / "influxdb").start()
@@ -127,12 +163,17 @@ def main() -> None:
         ceiling_pps = ceiling(server, args.ceiling_points, args.batch_size,
                               start_ns - 3600 * 10**9)
         result = drain(server, workdir, args.events, args.batch_size)
+        costs = cost_breakdown(workdir, args.breakdown_events, start_ns - 2 * 3600 * 10**9)
     finally:
         server.stop()
+    costs["influx_post"] = round(1e6 / ceiling_pps, 2)
+    one_core = 1e6 / (costs["queue_take"] + costs["convert"] + costs["queue_ack"])
     print(json.dumps({"events": args.events, "batch_size": args.batch_size,
                       "fill_s": round(fill_s, 1), **result,
                       "influx_ceiling_points_per_s": round(ceiling_pps),
-                      "drain_vs_ceiling": round(result["drain_points_per_s"] / ceiling_pps, 2)}))
+                      "drain_vs_ceiling": round(result["drain_points_per_s"] / ceiling_pps, 2),
+                      "cost_us_per_event": costs,
+                      "python_side_ceiling_points_per_s": round(one_core)}))
 
 
 if __name__ == "__main__":
