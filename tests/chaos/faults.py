@@ -177,9 +177,9 @@ class Injector:
             backlog = self.run.pipeline.backlog()
             if backlog <= steady:
                 elapsed = time.monotonic() - started
-                o.detail["drain_events_per_s"] = round(
-                    o.detail.get("backlog_at_release", o.detail.get("backlog_at_restart", 0))
-                    / max(elapsed, 0.001))
+                if writer_pid is not None and elapsed >= 1.0:   # a paused writer's backlog
+                    o.detail["drain_events_per_s"] = round(
+                        o.detail.get("backlog_at_release", 0) / elapsed)
                 self.run.sample_memory(o.detail)
                 return round(elapsed, 1)
             self.run.sample_memory(o.detail)

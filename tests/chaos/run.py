@@ -198,7 +198,10 @@ class ChaosRun:
                 return
             if (missing, backlog) != last:
                 last, last_change = (missing, backlog), time.monotonic()
-            if time.monotonic() - last_change > 30 or time.monotonic() - started > SETTLE_TIMEOUT_S:
+            quiet = time.monotonic() - last_change
+            # an empty queue and nothing arriving for 15 s: what is missing is not coming
+            if (backlog == 0 and quiet > 15) or quiet > 60 \
+                    or time.monotonic() - started > SETTLE_TIMEOUT_S:
                 self.log(f"gave up settling: {missing} missing, backlog {backlog}")
                 return
             time.sleep(3)
