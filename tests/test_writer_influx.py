@@ -227,6 +227,50 @@ def test_too_large_requests_are_split(tmp_path, ingestor):
         small.stop()
 
 
+def test_https_with_a_ca_file_and_verification(tmp_path, ingestor):
+    from tests.support.fixtures_influx import InfluxServer
+    server = InfluxServer(tmp_path / "tls-influxdb", tls=True).start()
+    try:
+        server.create_database(DB)
+        unverified = ingestor(influx_v1(server), name="no-ca")    # system CAs only: refused
+        fill(unverified.queue_dir, mixed_events(1_000, now_minus(3600)))
+        proc = start_writer(unverified)
+        log = unverified.log_path("writer")
+        wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in log.read_text(), 30, "TLS error")
+        assert stop_process(proc) == 0 and pending(unverified.queue_dir) == (1_000, 0)
+
+        trusted = ingestor(influx_v1(server, tls={"ca_file": server.ca_file}), name="ca")
+        fill(trusted.queue_dir, mixed_events(1_000, now_minus(3600)))
+        proc = start_writer(trusted)
+        wait_drained(trusted)
+        assert stop_process(proc) == 0
+
+        insecure = ingestor(influx_v1(server, tls={"verify": False}), name="insecure")
+        fill(insecure.queue_dir, mixed_events(1_000, now_minus(1800)))
+        proc = start_writer(insecure)
+        wait_drained(insecure)
+        assert stop_process(proc) == 0
+        assert server.points(DB) == 2_000
+    finally:
+        server.stop()
+
+
+def test_https_v2_api_with_a_ca_file(tmp_path, ingestor):
+    from tests.support.fixtures_influx import VictoriaMetricsServer
+    server = VictoriaMetricsServer(tmp_path / "tls-vm", tls=True).start()
+    try:
+        ing = ingestor({"influxdb": {"api": "v2", "url": server.url, "org": "o", "bucket": "b",
+                                     "token": "t", "tls": {"ca_file": server.ca_file}}})
+        fill(ing.queue_dir, mixed_events(1_000, now_minus(600)))
+        proc = start_writer(ing)
+        wait_drained(ing)
+        assert stop_process(proc) == 0
+        wait_until(lambda: any(s["metric"]["__name__"] == "ha_events_fired"
+                               for s in server.export()), 30, "points searchable")
+    finally:
+        server.stop()
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 
 def http_body(port: int, path: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import subprocess
 import urllib.error
 import urllib.parse
@@ -44,6 +45,9 @@ bind-address = "127.0.0.1:{rpc_port}"
   enabled = true
   bind-address = "127.0.0.1:{http_port}"
   auth-enabled = {auth}
+  https-enabled = {https}
+  https-certificate = "{cert}"
+  https-private-key = "{key}"
   log-enabled = false
   pprof-enabled = false
   max-body-size = {max_body_size}
@@ -53,11 +57,31 @@ bind-address = "127.0.0.1:{rpc_port}"
 """
 
 
+def make_tls_files(folder: Path) -> tuple[str, str, str]:
+    """A test CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) paths."""
+    openssl = procs.require_binary("openssl", "openssl")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (str(folder / n) for n in
+                                  ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for argv in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+             "-days", "2", "-subj", "/CN=ha-ingestor test CA"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+             "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+             "-out", cert, "-days", "2", "-extfile", str(ext)]):
+        subprocess.run([openssl, *argv], check=True, capture_output=True)
+    return ca, cert, key
+
+
 def _http(method: str, url: str, data: bytes | None = None, headers: dict | None = None,
-          timeout: float = 30.0) -> tuple[int, bytes]:
+          timeout: float = 30.0, cafile: str | None = None) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    context = ssl.create_default_context(cafile=cafile) if url.startswith("https") else None
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -67,7 +91,7 @@ class InfluxServer:
     """One ``influxd`` process. ``stop()``/``start()`` keep the data; ``kill()`` is SIGKILL."""
 
     def __init__(self, root: Path, auth: bool = False, admin: tuple[str, str] = ("admin", "admin"),
-                 max_body_size: int = 25_000_000):
+                 max_body_size: int = 25_000_000, tls: bool = False):
         self.binary = procs.require_binary("influxd", "influxdb")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -75,11 +99,15 @@ class InfluxServer:
         self.rpc_port = procs.free_port()
         self.auth = auth
         self.admin = admin
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca_file = cert = key = None
+        if tls:
+            self.ca_file, cert, key = make_tls_files(root / "tls")
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.config_path = root / "influxdb.conf"
         self.config_path.write_text(INFLUXD_CONFIG.format(
             root=root, http_port=self.port, rpc_port=self.rpc_port,
-            auth="true" if auth else "false", max_body_size=max_body_size))
+            auth="true" if auth else "false", max_body_size=max_body_size,
+            https="true" if tls else "false", cert=cert or "", key=key or ""))
         self.log_path = root / "influxd.log"
         self.proc: subprocess.Popen | None = None
 
@@ -105,7 +133,7 @@ class InfluxServer:
 
     def ping(self) -> bool:
         try:
-            return _http("GET", f"{self.url}/ping", timeout=1)[0] == 204
+            return _http("GET", f"{self.url}/ping", timeout=1, cafile=self.ca_file)[0] == 204
         except OSError:
             return False
 
@@ -122,7 +150,7 @@ class InfluxServer:
         status, body = _http("POST", f"{self.url}/query",
                              data=urllib.parse.urlencode(params).encode(),
                              headers={"Content-Type": "application/x-www-form-urlencoded",
-                                      **self._auth_headers(auth)})
+                                      **self._auth_headers(auth)}, cafile=self.ca_file)
         result = json.loads(body or b"{}")
         if status != 200 or "error" in result:
             raise RuntimeError(f"InfluxQL {q!r} failed ({status}): {body[:300]!r}")
@@ -177,7 +205,7 @@ class InfluxServer:
         """Post line protocol directly (test setup, e.g. an existing field type)."""
         data = lines.encode() if isinstance(lines, str) else lines
         status, body = _http("POST", f"{self.url}/write?db={urllib.parse.quote(db)}&precision=ns",
-                             data=data, headers=self._auth_headers())
+                             data=data, headers=self._auth_headers(), cafile=self.ca_file)
         if status != 204:
             raise RuntimeError(f"write failed ({status}): {body[:300]!r}")
 
@@ -185,12 +213,15 @@ class InfluxServer:
 class VictoriaMetricsServer:
     """One ``victoria-metrics`` single-node process with its storage in tmp."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, tls: bool = False):
         self.binary = procs.require_binary("victoria-metrics", "victoria-metrics")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = procs.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.ca_file = self._cert = self._key = None
+        if tls:
+            self.ca_file, self._cert, self._key = make_tls_files(root / "tls")
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log_path = root / "victoria-metrics.log"
         self.proc: subprocess.Popen | None = None
 
@@ -200,7 +231,9 @@ class VictoriaMetricsServer:
              f"-storageDataPath={self.root / 'data'}", "-loggerLevel=WARN",
              "-search.latencyOffset=0s", "-search.disableCache",
              # like InfluxDB, a re-sent identical point (same series, same ms) is kept once
-             "-dedup.minScrapeInterval=1ms"], self.log_path)
+             "-dedup.minScrapeInterval=1ms"]
+            + (["-tls", f"-tlsCertFile={self._cert}", f"-tlsKeyFile={self._key}"]
+               if self._cert else []), self.log_path)
         try:
             procs.wait_until(self.healthy, 30, f"victoria-metrics on port {self.port}",
                              interval=0.1)
@@ -213,20 +246,20 @@ class VictoriaMetricsServer:
 
     def healthy(self) -> bool:
         try:
-            return _http("GET", f"{self.url}/health", timeout=1)[0] == 200
+            return _http("GET", f"{self.url}/health", timeout=1, cafile=self.ca_file)[0] == 200
         except OSError:
             return False
 
     def flush(self) -> None:
         """Make recently ingested samples searchable (VictoriaMetrics buffers them ~1 s)."""
-        _http("GET", f"{self.url}/internal/force_flush")
+        _http("GET", f"{self.url}/internal/force_flush", cafile=self.ca_file)
 
     def export(self, match: str = '{__name__=~".+"}') -> list[dict]:
         """Every stored series matching ``match``: ``{"metric": {...}, "values": [...],
         "timestamps": [ms...]}``, one dict per series."""
         self.flush()
         query = urllib.parse.urlencode({"match[]": match, "start": "0"})
-        status, body = _http("GET", f"{self.url}/api/v1/export?{query}")
+        status, body = _http("GET", f"{self.url}/api/v1/export?{query}", cafile=self.ca_file)
         if status != 200:
             raise RuntimeError(f"export failed ({status}): {body[:300]!r}")
         return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
