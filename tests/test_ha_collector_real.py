@@ -10,13 +10,14 @@ import signal
 import threading
 import time
 from collections import Counter
+from datetime import datetime, timezone
 
 import pytest
 
 from tests.support.fixtures_homeassistant import (collector_overrides, state_changes,
                                                   state_key)
 from tests.support.procs import kill_process, tail, wait_until
-from tests.support.real_ha import EventRecorder, change_calls, drive
+from tests.support.real_ha import CONFIG_ENTITIES, EventRecorder, change_calls, drive
 
 pytestmark = [pytest.mark.realha, pytest.mark.slow]
 
@@ -85,6 +86,7 @@ def test_2000_state_changes_then_ha_restart(ingestor, real_ha):
     # HA restarts: the collector reconnects, backfills what HA did while it was away (the start-up
     # state restores fire before HA accepts connections), and resyncs.
     before_restart = len(envelopes)
+    restart_began = datetime.now(timezone.utc)
     real_ha.restart()
     wait_for_resyncs(ing, 2)
     recorder = EventRecorder(real_ha)
@@ -94,6 +96,27 @@ def test_2000_state_changes_then_ha_restart(ingestor, real_ha):
     after = recorder.stop()
     envelopes = wait_for_events(ing, after)
     assert len(envelopes) > before_restart
+    # What HA's recorder holds since the restart began (the start-up states fired before HA
+    # accepted connections included) is in the queue, at the recorded times.
+    with real_ha.client() as client:
+        history = client.command({"type": "history/history_during_period",
+                                  "start_time": restart_began.isoformat(),
+                                  "entity_ids": list(CONFIG_ENTITIES),
+                                  "include_start_time_state": False,
+                                  "significant_changes_only": False, "no_attributes": True,
+                                  "minimal_response": False})
+    recorded = {(entity_id, datetime.fromtimestamp(row["lu"], tz=timezone.utc).isoformat())
+                for entity_id, rows in history.items() for row in rows}
+    assert recorded, "HA recorded nothing since the restart"
+
+    def stored() -> set:   # the second backfill pass runs backfill_margin after the reconnect
+        return {state_key(e) for e in state_changes(ing.read_all("ha")) if e["kind"] != "resync"}
+    try:
+        wait_until(lambda: recorded <= stored(), 30, "the recorder's states since the restart")
+    except TimeoutError:
+        pytest.fail(f"not backfilled: {sorted(recorded - stored())[:5]}\n"
+                    f"{tail(ing.log_path('ha'))}")
+    envelopes = ing.read_all("ha")
     kinds = Counter(e["kind"] for e in envelopes[before_restart:])
     assert kinds["resync"] >= 10 and kinds["live"] >= 60
     log_text = ing.log_path("ha").read_text()
