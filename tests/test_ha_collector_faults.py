@@ -241,3 +241,13 @@ def test_without_recorder_the_gap_is_logged_once_and_counted(ingestor):
         stop_collector(ing, proc)
     finally:
         srv.stop()
+
+
+def test_without_state_changed_in_event_types_nothing_state_like_is_stored(ingestor, server):
+    ing, proc = start_collector(ingestor, server, event_types=["call_service"])
+    server.set_state("light.kitchen", "on")
+    call = server.fire_event("call_service", {"domain": "light", "service": "turn_off"})
+    wait_until(lambda: len(ing.read_all("ha")) >= 1, 30, "the call_service event")
+    time.sleep(0.5)
+    assert [e["event"] for e in ing.read_all("ha")] == [call]   # no resync, no backfill
+    stop_collector(ing, proc)

@@ -80,18 +80,22 @@ class Backfill:
             return None
         return datetime.fromisoformat(self.marks.newest) - timedelta(seconds=self.margin)
 
-    def run_pass(self, entity_ids: list[str]) -> list[dict]:
-        """Envelopes (kind ``backfill``) for the changes not committed or seen yet, oldest first
-        per entity. Raises CommandError/TransientError from the request."""
+    def run_pass(self, entity_ids: list[str], store: Callable[[list[dict]], None]) -> int:
+        """Hand ``store`` the envelopes (kind ``backfill``) of the changes not committed or seen
+        yet, one history window at a time (a long outage never sits in memory whole). Returns how
+        many. Raises CommandError/TransientError from the request."""
         start = self.start_time()
         if start is None or not entity_ids:
-            return []
-        envelopes: list[dict] = []
+            return 0
+        count = 0
         for window_start, window_end in history_windows(start, datetime.now(timezone.utc)):
             answer = self.request(self._query(entity_ids, window_start, window_end), self.timeout)
-            envelopes.extend(self._new_changes(answer or {}))
-        self.stored += len(envelopes)
-        return envelopes
+            envelopes = self._new_changes(answer or {})
+            if envelopes:
+                store(envelopes)
+                count += len(envelopes)
+        self.stored += count
+        return count
 
     @staticmethod
     def _query(entity_ids: list[str], start: datetime, end: datetime | None) -> dict:

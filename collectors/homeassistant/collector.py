@@ -164,10 +164,13 @@ class HACollector:
             self._dropped.inc(dropped)
 
     # -- backfill and resync --------------------------------------------------------------------
+    def _wants_states(self) -> bool:
+        return not self.ha.event_types or "state_changed" in self.ha.event_types
+
     def _prepare_backfill(self) -> Backfill | None:
         """Set up before subscribing, so live events from the first one on are known to it."""
         marks = self.committer.persisted_marks()
-        if not self.ha.backfill or not marks.newest:
+        if not self.ha.backfill or not marks.newest or not self._wants_states():
             return None
         self.backfill = Backfill(self._request, marks, self.ha.backfill_margin, REQUEST_TIMEOUT_S)
         return self.backfill
@@ -182,6 +185,9 @@ class HACollector:
         """Backfill then resync, now; a second backfill pass once the recorder has committed
         what it held at the reconnect; then let the watermarks advance again."""
         subscribed_at = time.monotonic()
+        if not self._wants_states():   # homeassistant.event_types leaves state changes out
+            self._close_gap(None)
+            return
         states = self._request({"type": "get_states"}, REQUEST_TIMEOUT_S) or []
         entity_ids = sorted({s["entity_id"] for s in states if isinstance(s, dict)
                              and "entity_id" in s} | set(backfill.marks.entities if backfill
@@ -208,7 +214,7 @@ class HACollector:
         """One pass; False when HA has no history (nothing more to try on this connection)."""
         for attempt in range(1, BACKFILL_TRIES + 1):
             try:
-                envelopes = backfill.run_pass(entity_ids)
+                count = backfill.run_pass(entity_ids, self._store_backfilled)
             except CommandError as exc:
                 if exc.code == "unknown_command":
                     self._no_history(exc)
@@ -217,15 +223,17 @@ class HACollector:
                 if self.stop.wait(2.0 * attempt):
                     return False
                 continue
-            if envelopes:
-                self.handoff.put_many(envelopes, force=True)
-                metrics.BACKFILLED.inc(len(envelopes))
-                log.info("backfilled %d state changes from HA's recorder", len(envelopes))
+            if count:
+                log.info("backfilled %d state changes from HA's recorder", count)
             return True
         metrics.GAPS.inc()
         log.error("could not backfill after %d tries: state changes fired while disconnected "
                   "may be missing", BACKFILL_TRIES)
         return False
+
+    def _store_backfilled(self, envelopes: list[dict]) -> None:
+        self.handoff.put_many(envelopes, force=True)
+        metrics.BACKFILLED.inc(len(envelopes))
 
     def _no_history(self, exc: CommandError) -> None:
         metrics.GAPS.inc()
