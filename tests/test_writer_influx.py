@@ -211,6 +211,26 @@ def test_missing_database_is_reported_and_nothing_is_dropped(influxdb, ingestor)
     assert stop_process(proc) == 0
 
 
+def test_readiness_follows_influxdb_while_idle(influxdb, ingestor):
+    influxdb.create_database(DB)
+    ing = ingestor(influx_v1(influxdb))
+    proc = start_writer(ing)
+    port = ing.config["metrics"]["ports"]["writer"]
+    wait_until(lambda: _status_or_none(port) == 200, 20, "writer ready")
+    influxdb.kill()
+    wait_until(lambda: http_status(port, "/readyz") == 503, 20, "not ready without InfluxDB")
+    influxdb.start()
+    wait_until(lambda: http_status(port, "/readyz") == 200, 20, "ready again")
+    assert stop_process(proc) == 0
+
+
+def _status_or_none(port: int) -> int | None:
+    try:
+        return http_status(port, "/readyz")
+    except OSError:
+        return None
+
+
 def test_too_large_requests_are_split(tmp_path, ingestor):
     from tests.support.fixtures_influx import InfluxServer
     small = InfluxServer(tmp_path / "small-influxdb", max_body_size=100_000).start()

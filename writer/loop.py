@@ -78,6 +78,8 @@ class WriterLoop:
         self._status_at = 0.0
         self._points_since_status = 0
         self._failing_since: float | None = None
+        self._pinged_at = time.monotonic()
+        self.sink_url = getattr(getattr(sink, "config", None), "url", "?")
 
     # ---- life cycle -----------------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class WriterLoop:
                     self._complete(*pending)
                     pending = None
                 if batch.events == 0:
+                    self._ping_when_idle()
                     self.stop.wait(IDLE_POLL_S)
                     continue
                 future = executor.submit(self._deliver, batch.lines, 0) if batch.lines else None
@@ -285,6 +288,21 @@ class WriterLoop:
                             exc, self.backoff.attempts, delay)
         if self.stop.wait(delay):
             raise Stopping()
+
+    def _ping_when_idle(self) -> None:
+        """With nothing to write, /readyz and the up gauge follow InfluxDB's /ping (only here:
+        the sink's connection belongs to the write thread while a write is in flight)."""
+        now = time.monotonic()
+        if now - self._pinged_at < STATUS_EVERY_S:
+            return
+        self._pinged_at = now
+        up = self.sink.ping()
+        if up != self.influx_ok:
+            log.log(logging.INFO if up else logging.WARNING, "InfluxDB at %s %s", self.sink_url,
+                    "answers /ping again" if up else "does not answer /ping")
+        self.influx_ok = up
+        metrics.INFLUX_UP.set(1 if up else 0)
+        metrics.CONNECTED.labels(component="writer").set(1 if up else 0)
 
     def _mark_up(self, up: bool) -> None:
         if up and not self.influx_ok and self._failing_since is not None:
