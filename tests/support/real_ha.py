@@ -50,6 +50,7 @@ READY_MARKER = ".ha-ingestor-ready"
 PREINSTALLED_DOMAINS = ("http", "api", "websocket_api", "config", "recorder", "history",
                         "template", "influxdb", "mqtt", "mqtt_statestream")
 
+TOKEN_CLIENT_NAME = "ha-ingestor tests"
 OWNER = {"name": "Test Owner", "username": "owner", "password": "ha-ingestor-test-pw",
          "language": "en"}
 
@@ -341,6 +342,7 @@ class HomeAssistantServer:
                 self.token = self._token_path.read_text().strip()
             else:
                 self.token = self._onboard(deadline)
+                self._wait_token_saved(deadline)
                 self._token_path.write_text(self.token)
             self._wait_running(deadline)
         except Exception as exc:
@@ -446,7 +448,18 @@ class HomeAssistantServer:
             self._http("POST", path, data=json.dumps(payload).encode(), auth=True)
         with HAClient(self.ws_url, self.token) as client:
             return client.command({"type": "auth/long_lived_access_token",
-                                   "client_name": "ha-ingestor tests", "lifespan": 365})
+                                   "client_name": TOKEN_CLIENT_NAME, "lifespan": 365})
+
+    def _wait_token_saved(self, deadline: float) -> None:
+        """HA writes its auth store with a delay: wait until the new token is on disk, so that a
+        kill() right after the first start cannot lose it."""
+        auth = self.config_dir / ".storage" / "auth"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if TOKEN_CLIENT_NAME in auth.read_text():
+                    return
+            time.sleep(0.2)
+        raise TimeoutError("HA did not save the long-lived token to .storage/auth")
 
     def _retry_json(self, method: str, path: str, payload: dict, deadline: float) -> dict:
         """The onboarding views register a moment after HTTP is up: retry until they answer."""
