@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
@@ -130,11 +132,9 @@ class HACollector:
                                     **({"event_type": t} if t else {})})[1] for t in types]
         for event_type, future in zip(types, futures):
             try:
-                future.result(REQUEST_TIMEOUT_S)
+                self._await(future, "subscribe_events", REQUEST_TIMEOUT_S)
             except CommandError as exc:
                 raise self._subscribe_error(event_type, exc) from exc
-            except TimeoutError as exc:
-                raise TransientError("no answer to subscribe_events") from exc
 
     @staticmethod
     def _subscribe_error(event_type: str | None, exc: CommandError) -> Exception:
@@ -176,10 +176,24 @@ class HACollector:
         return self.backfill
 
     def _request(self, message: dict, timeout: float):
+        """A command from the main thread: waits for the result, a stop request or ``timeout``
+        (a frozen HA is cut off sooner by the keepalive)."""
         connection = self.connection
         if connection is None:
             raise TransientError("not connected")
-        return connection.request(message, timeout)
+        return self._await(connection.send(message)[1], message["type"], timeout)
+
+    def _await(self, future: Future, what: str, timeout: float):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return future.result(0.1)
+            except FutureTimeout:
+                pass
+            if self.stop.is_set():
+                raise TransientError(f"stopping before the answer to {what}")
+            if time.monotonic() > deadline:
+                raise TransientError(f"no answer to {what} within {timeout:.0f} s")
 
     def _catch_up(self, connection: HAConnection, backfill: Backfill | None) -> None:
         """Backfill then resync, now; a second backfill pass once the recorder has committed
@@ -189,26 +203,34 @@ class HACollector:
             self._close_gap(None)
             return
         states = self._request({"type": "get_states"}, REQUEST_TIMEOUT_S) or []
-        entity_ids = sorted({s["entity_id"] for s in states if isinstance(s, dict)
-                             and "entity_id" in s} | set(backfill.marks.entities if backfill
-                                                          else ()))
-        if backfill is not None:
-            gap = backfill.gap_seconds()
-            log.info("backfilling state changes since %s (%.0f s before the newest committed "
-                     "event; gap %.0f s)", backfill.start_time().isoformat(), self.ha.backfill_margin,
-                     gap or 0)
-            if not self._backfill_pass(backfill, entity_ids):
-                backfill = None
+        entity_ids = self._entity_ids(states, backfill)
+        if backfill is not None and not self._first_pass(backfill, entity_ids):
+            backfill = None
         self._store_resync(states)
         if backfill is not None and self.ha.backfill_margin > 0:
-            settle_at = subscribed_at + self.ha.backfill_margin
-            while time.monotonic() < settle_at and connection.alive():
-                if self.stop.wait(0.2):
-                    return
-            if not connection.alive():
-                return
+            if not self._wait_for_recorder(connection, subscribed_at + self.ha.backfill_margin):
+                return   # stopping, or the connection is gone: the gap stays open
             self._backfill_pass(backfill, entity_ids)
         self._close_gap(backfill)
+
+    @staticmethod
+    def _entity_ids(states: list, backfill: Backfill | None) -> list[str]:
+        """Every entity HA has now, plus those we committed before (they may be gone since)."""
+        current = {s["entity_id"] for s in states if isinstance(s, dict) and "entity_id" in s}
+        return sorted(current | set(backfill.marks.entities if backfill else ()))
+
+    def _first_pass(self, backfill: Backfill, entity_ids: list[str]) -> bool:
+        log.info("backfilling state changes since %s (%.0f s before the newest committed event; "
+                 "gap %.0f s)", backfill.start_time().isoformat(), self.ha.backfill_margin,
+                 backfill.gap_seconds() or 0)
+        return self._backfill_pass(backfill, entity_ids)
+
+    def _wait_for_recorder(self, connection: HAConnection, until: float) -> bool:
+        """Give HA's recorder its commit interval; False if stopping or disconnected."""
+        while time.monotonic() < until and connection.alive():
+            if self.stop.wait(0.2):
+                return False
+        return connection.alive()
 
     def _backfill_pass(self, backfill: Backfill, entity_ids: list[str]) -> bool:
         """One pass; False when HA has no history (nothing more to try on this connection)."""
