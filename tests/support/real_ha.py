@@ -381,6 +381,22 @@ class HomeAssistantServer:
             raise HAStartError("Home Assistant has not been started (no token yet)")
         return HAClient(self.ws_url, self.token, timeout)
 
+    def configure_mqtt(self, port: int, host: str = "127.0.0.1") -> dict:
+        """Set up HA's MQTT integration (a config flow: it has no YAML set-up) against a broker.
+        ``mqtt_statestream:`` in extra_yaml only works after this and a ``restart()``."""
+        status, raw = self._http("POST", "/api/config/config_entries/flow",
+                                 json.dumps({"handler": "mqtt"}).encode(), auth=True)
+        if status != 200:
+            raise HAStartError(f"starting the MQTT config flow: HTTP {status}: {raw[:300]!r}")
+        flow_id = json.loads(raw)["flow_id"]
+        status, raw = self._http("POST", f"/api/config/config_entries/flow/{flow_id}",
+                                 json.dumps({"broker": host, "port": port}).encode(), auth=True)
+        result = json.loads(raw) if status == 200 else {}
+        if result.get("type") != "create_entry":
+            raise HAStartError(f"MQTT config flow did not create an entry: HTTP {status}: "
+                               f"{raw[:300]!r}")
+        return result
+
     def log_tail(self, lines: int = 60) -> str:
         return tail(self.log_path, lines)
 
