@@ -38,6 +38,7 @@ CONNACK_TIMEOUT_S = 10.0
 BURST_PACKETS = 256            # packets read per select() wake-up before servicing the rest
 BATCH_BYTES = 8 * 1024 * 1024  # payload bytes per batch (large payloads make small batches)
 HELD_BYTES = 32 * 1024 * 1024  # stop reading while this much payload waits for a commit
+MIN_HELD = 10_000              # messages held before reading pauses (above usual broker windows)
 STOP_FLUSH_S = 10.0            # on stop: how long to wait for the last batch to commit
 
 
@@ -51,7 +52,8 @@ class MqttCollector:
         batch_events = config.queue.batch_events
         v311 = str(self.mqtt.protocol) == "3.1.1"
         self.inbox = Inbox(batch_events, config.queue.batch_interval, BATCH_BYTES,
-                           max_held=2 * batch_events + session.receive_maximum(batch_events),
+                           max_held=max(MIN_HELD, 2 * batch_events
+                                        + session.receive_maximum(batch_events)),
                            max_held_bytes=HELD_BYTES, commit_on_stall=v311 and self.qos > 0)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -73,6 +75,7 @@ class MqttCollector:
         self._outage_logged = False
         self._failed_attempts = 0
         self._retry_at = 0.0
+        self._paused_since: float | None = None
         self._refused: str | None = None
         self._connected_gauge = metrics.CONNECTED.labels(component=MQTT)
         self._received = metrics.EVENTS_RECEIVED.labels(source=MQTT)
@@ -110,7 +113,9 @@ class MqttCollector:
                 if self.client.socket() is None:
                     self._connect_with_backoff()
                 else:
-                    self._pump(reading=self.inbox.room())
+                    reading = self.inbox.room()
+                    self._pump(reading)
+                    self._pause_session(reading)
             self._shutdown()
         except BaseException:
             self.committer.abort()
@@ -158,6 +163,27 @@ class MqttCollector:
             self.client.loop_write()
         if self.client.socket() is not None:
             self.client.loop_misc()
+
+    def _pause_session(self, reading: bool) -> None:
+        """Not reading for a while because the queue is full: disconnect cleanly rather than
+        let the keepalive expire. The broker keeps the session and every QoS 1 message; we
+        reconnect once the queue has space."""
+        if reading or not self.committer.full or not self.connected:
+            self._paused_since = None
+            return
+        now = time.monotonic()
+        if self._paused_since is None:
+            self._paused_since = now
+        elif now - self._paused_since > self.mqtt.keepalive / 2:
+            log.warning("queue still full: disconnecting from MQTT broker %s until it has "
+                        "space (the broker keeps the session and the messages)", self.where)
+            self._paused_since = None
+            self.connected = False
+            self.client.disconnect()
+            self.client.loop_write()
+            self._close_socket()
+            self._connected_gauge.set(0)
+            self.inbox.discard_unacked()
 
     def _read_burst(self, sock) -> None:
         client, rx = self.client, self._rx
