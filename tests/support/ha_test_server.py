@@ -49,11 +49,14 @@ from datetime import datetime, timezone
 
 HA_VERSION = "2024.3.3"
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-# Event types a non-admin user may subscribe to (HA's SUBSCRIBE_ALLOWLIST, abridged).
-NON_ADMIN_EVENT_TYPES = {"state_changed", "call_service", "automation_triggered",
-                         "component_loaded", "core_config_updated", "homeassistant_start",
-                         "homeassistant_started", "homeassistant_stop", "service_registered",
-                         "service_removed", "themes_updated", "entity_registry_updated"}
+# Event types a non-admin user may subscribe to (HA 2024.3.3's SUBSCRIBE_ALLOWLIST).
+NON_ADMIN_EVENT_TYPES = {"area_registry_updated", "component_loaded", "core_config_updated",
+                         "device_registry_updated", "entity_registry_updated",
+                         "repairs_issue_registry_updated", "lovelace_updated", "panels_updated",
+                         "recorder_5min_statistics_generated",
+                         "recorder_hourly_statistics_generated", "service_registered",
+                         "service_removed", "shopping_list_updated", "state_changed",
+                         "themes_updated"}
 COALESCE_MAX = 100          # messages per array frame when the client asked for coalescing
 
 # Entities the server's state stream cycles through (shaped like the HA 2024.3.3 samples).
