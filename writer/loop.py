@@ -107,7 +107,7 @@ class WriterLoop:
                     self._ping_when_idle()
                     self.stop.wait(IDLE_POLL_S)
                     continue
-                future = executor.submit(self._deliver, batch.lines, 0) if batch.lines else None
+                future = executor.submit(self._deliver_all, batch.lines) if batch.lines else None
                 pending = (batch, future)
             if pending is not None:
                 self._complete(*pending)
@@ -243,6 +243,14 @@ class WriterLoop:
             metrics.EVENTS_WRITTEN.labels(source=source).inc(batch.counts.get(source, 0))
         metrics.POINTS_WRITTEN.inc(points)
         self._points_since_status += points
+
+    def _deliver_all(self, lines: list[str]) -> list[tuple[int, str]]:
+        """Write in requests of at most batch_size lines (one queue item may hold more events
+        than a batch when the collectors are configured so)."""
+        rejected: list[tuple[int, str]] = []
+        for start in range(0, len(lines), self.batch_size):
+            rejected += self._deliver(lines[start:start + self.batch_size], start)
+        return rejected
 
     def _deliver(self, lines: list[str], offset: int) -> list[tuple[int, str]]:
         """Write ``lines``; returns (index, reason) of the lines InfluxDB rejects for good."""
