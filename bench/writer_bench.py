@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -154,6 +155,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--ceiling-points", type=int, default=200_000)
     parser.add_argument("--breakdown-events", type=int, default=100_000)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary folder (queue files, InfluxDB data, writer.log)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="writer-bench-"))
     server = InfluxServer(workdir / "influxdb").start()
@@ -166,6 +169,8 @@ def main() -> None:
         costs = cost_breakdown(workdir, args.breakdown_events, start_ns - 2 * 3600 * 10**9)
     finally:
         server.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     costs["influx_post"] = round(1e6 / ceiling_pps, 2)
     one_core = 1e6 / (costs["queue_take"] + costs["convert"] + costs["queue_ack"])
     print(json.dumps({"events": args.events, "batch_size": args.batch_size,
