@@ -9,14 +9,16 @@ Prints one JSON line:
                            changes (~1 KB each, coalesced frames as HA sends them), median of
                            --repeat runs; the server is held at most 20 000 events ahead of the
                            commits so that nothing is dropped (drops are reported and must be 0)
-  server_events_per_s      how fast the test server emitted in those runs (the feed's own ceiling)
+  server_events_per_s      events / time the test server spent emitting (TCP back-pressure from
+                           the collector included, so a floor of the feed's own ceiling)
   p99_commit_latency_ms    at 500 events/s: frame received (the envelope's ``rx``) to the batch's
                            insert in the commit that made it durable (``Batch.enqueued_at``)
   p50_commit_latency_ms    same, median
   rss_mb                   collector's peak resident memory during the 500 events/s run
   rss_mb_burst             collector's peak resident memory during the throughput runs
   real_ha_max_events_per_s the most events a real HA 2024.3.3 fired in one second, driven unpaced
-                           over its WebSocket API on this machine (all event types)
+                           over its WebSocket API on this machine (all event types; and
+                           real_ha_max_state_changed_per_s for state_changed alone)
   headroom_ratio           events_per_s / real_ha_max_events_per_s
 """
 
@@ -152,8 +154,9 @@ def latency_run(workdir: Path, seconds: float, rate: float = 500.0) -> dict:
             "rate": len(latencies) / seconds, "dropped": dropped, "rss_kb": collector.peak_rss_kb}
 
 
-def real_ha_ceiling(workdir: Path, calls: int = 4000) -> int:
-    """Drive a real HA 2024.3.3 unpaced and return the most events it fired in one second."""
+def real_ha_ceiling(workdir: Path, calls: int = 4000) -> tuple[int, int]:
+    """Drive a real HA 2024.3.3 unpaced: the most events (all types, state_changed) it fired
+    in one second."""
     from tests.support.real_ha import EventRecorder, HomeAssistantServer, change_calls, drive
 
     ha = HomeAssistantServer(workdir / "real-ha").start()
@@ -163,7 +166,7 @@ def real_ha_ceiling(workdir: Path, calls: int = 4000) -> int:
             drive(client, change_calls(calls), window=64)
         time.sleep(1)
         recorder.stop()
-        return recorder.max_rate()
+        return recorder.max_rate(), recorder.max_rate("state_changed")
     finally:
         ha.stop()
 
@@ -180,7 +183,7 @@ def main() -> None:
         runs = [throughput_run(tmpdir / f"throughput-{i}", args.events)
                 for i in range(args.repeat)]
         latency = latency_run(tmpdir / "latency", args.latency_seconds)
-        ceiling = None if args.no_real_ha else real_ha_ceiling(tmpdir)
+        ceiling, ceiling_states = (None, None) if args.no_real_ha else real_ha_ceiling(tmpdir)
     events_per_s = statistics.median(r["events_per_s"] for r in runs)
     result = {
         "bench": "ha_collector", "events": args.events, "repeat": args.repeat,
@@ -194,6 +197,7 @@ def main() -> None:
         "rss_mb": round(latency["rss_kb"] / 1024, 1),
         "rss_mb_burst": round(max(r["rss_kb"] for r in runs) / 1024, 1),
         "real_ha_max_events_per_s": ceiling,
+        "real_ha_max_state_changed_per_s": ceiling_states,
         "headroom_ratio": round(events_per_s / ceiling, 1) if ceiling else None,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python "
                    f"{platform.python_version()}",

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
@@ -406,7 +407,8 @@ class HATestServer:
         for client in list(self.clients):
             if client.authed:
                 client.writer.write(_frame(0x1, text.encode()))
-                await client.writer.drain()
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await client.writer.drain()
 
     # -- one connection ---------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -686,10 +686,12 @@ class EventRecorder:
     def state_changes(self) -> list[dict]:
         return [e for e in list(self.events) if e["event_type"] == "state_changed"]
 
-    def max_rate(self) -> int:
-        """The most events HA fired in one second (by time_fired), all event types."""
+    def max_rate(self, event_type: str | None = None) -> int:
+        """The most events HA fired in one second (by time_fired), of one type or all."""
         per_second: dict[str, int] = {}
         for event in list(self.events):
+            if event_type and event["event_type"] != event_type:
+                continue
             second = event["time_fired"][:19]
             per_second[second] = per_second.get(second, 0) + 1
         return max(per_second.values(), default=0)
