@@ -11,7 +11,7 @@
 4. Prints ``ha-ingestor queue status`` and what landed in InfluxDB per measurement, then stops
    everything it started (by pid).
 
-    .venv/bin/python scripts/demo.py [--seconds 60] [--fake-ha] [--keep-running]
+    .venv/bin/python scripts/demo.py [--seconds 60] [--fake-ha] [--keep-running] [--workdir DIR]
 
 ``--fake-ha`` uses the project's HA test server instead of a real HA (starts in a second).
 Exits 1 when no HA or no MQTT data reached InfluxDB.
@@ -405,6 +405,8 @@ def parse_args() -> argparse.Namespace:
                         help="use the project's HA test server instead of a real HA")
     parser.add_argument("--keep-running", action="store_true",
                         help="leave everything running until Ctrl-C after the report")
+    parser.add_argument("--workdir", type=Path, default=DEMO_DIR,
+                        help="where the servers keep their data (./.demo, emptied first)")
     return parser.parse_args()
 
 
@@ -441,10 +443,11 @@ def run_demo(args: argparse.Namespace, stack: Stack) -> int:
 
 def main() -> int:
     args = parse_args()
-    if DEMO_DIR.exists():
-        shutil.rmtree(DEMO_DIR)
-    DEMO_DIR.mkdir()
-    stack = Stack(DEMO_DIR)
+    workdir = args.workdir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    stack = Stack(workdir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return run_demo(args, stack)

@@ -323,3 +323,35 @@ def test_configuration_reference_lists_every_key():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     for key, _kind, _default, env, _doc in reference_rows():
         assert f"`{key}`" in doc and f"`{env}`" in doc
+
+
+# ---- make demo ------------------------------------------------------------------------------
+
+def test_demo_runs_to_the_end_with_the_ha_test_server(tmp_path, mosquitto_factory):
+    """`make demo ARGS="--fake-ha --seconds 5"`: both sources land in InfluxDB, all stopped."""
+    del mosquitto_factory          # only for its check that Mosquitto is installed
+    from tests.support.procs import require_binary
+    require_binary("influxd", "influxdb")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--fake-ha",
+                             "--seconds", "5", "--workdir", str(tmp_path / "demo")],
+                            capture_output=True, text=True, timeout=180, cwd=ROOT)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "$ ha-ingestor queue status" in out
+    totals = dict(re.findall(r"^total (ha|mqtt)\s+(\d+)$", out, re.M))
+    assert int(totals["ha"]) > 0 and int(totals["mqtt"]) > 0, out
+    assert "OK: HA and MQTT data reached InfluxDB" in out
+    assert "ha-ingestor run stopped with exit code 0" in out
+    assert not processes_mentioning(str(tmp_path)), "the demo left processes running"
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(
+                    errors="replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
