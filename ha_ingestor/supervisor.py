@@ -3,8 +3,9 @@
 The supervisor keeps one child per component (``mqtt``, ``ha``, ``writer``) alive:
 
 - It starts the writer first and the collectors after it (outputs before inputs, as Telegraf does),
-  and restarts a child that dies with the shared :class:`~ha_ingestor.backoff.Backoff`. A child
-  that ran for ``STABLE_AFTER`` seconds before it died starts again from the shortest delay.
+  and restarts a child that dies with the shared :class:`~ha_ingestor.backoff.Backoff` (0.5 s,
+  doubling up to ``run.restart_backoff_max``). A child that ran for ``STABLE_AFTER`` seconds
+  before it died starts again from the shortest delay.
 - A child that exits with ``EXIT_CONFIG`` (2) or ``EXIT_AUTH`` (3) cannot be helped by a quick
   restart: it is retried on a long backoff (minutes) with an error in the log each time. When every
   child is in that state the supervisor itself exits with that code, so a container runtime or
