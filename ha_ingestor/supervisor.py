@@ -260,7 +260,20 @@ def _serve_metrics(config, supervisor: Supervisor) -> None:
     port = metrics.ports.get("run")
     if not metrics.enabled or not port:
         return
+    _drop_component_metrics()
     try:
         prom.serve(metrics.host, port, ready=supervisor.all_ready)
     except OSError as exc:
         log.error("cannot serve the supervisor's metrics on %s:%d: %s", metrics.host, port, exc)
+
+
+def _drop_component_metrics() -> None:
+    """The components' metrics would read 0 here (no points written, InfluxDB down, ...) and
+    mislead a dashboard; this process exports only its own (and prometheus-client's process
+    metrics)."""
+    from prometheus_client import REGISTRY
+    from prometheus_client.metrics import MetricWrapperBase
+    ours = (prom.CHILD_UP, prom.CHILD_RESTARTS)
+    for metric in vars(prom).values():
+        if isinstance(metric, MetricWrapperBase) and metric not in ours:
+            REGISTRY.unregister(metric)

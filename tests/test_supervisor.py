@@ -186,6 +186,7 @@ def test_supervisor_endpoint_reports_children(stand_ins):
     os.kill(sup.pids("mqtt")[-1], signal.SIGKILL)
     wait_until(lambda: 'ha_ingestor_child_restarts_total{component="mqtt"} 1.0'
                in http_get(f"{base}/metrics")[1], 10, "restart counted in /metrics")
+    assert "ha_ingestor_points_written_total" not in http_get(f"{base}/metrics")[1]
     os.kill(sup.proc.pid, signal.SIGTERM)
     assert sup.wait_exit(15) == EXIT_OK
 
