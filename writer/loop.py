@@ -112,6 +112,7 @@ class WriterLoop:
             if pending is not None:
                 self._complete(*pending)
         finally:
+            self.stop.set()    # on an error here, a write still retrying gives up (not acked)
             executor.shutdown(wait=True)
             self.close()
 
