@@ -278,6 +278,23 @@ def test_systemd_units_do_not_restart_on_config_or_auth_errors():
         assert stop > 30, "longer than run.shutdown_timeout's default"
 
 
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
+    """systemd's own parser: unknown keys or bad values print a warning naming the file."""
+    import shutil
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    cli = Path(sys.executable).with_name("ha-ingestor")
+    for unit in [*systemd_units(), SYSTEMD / "ha-ingestor.target"]:
+        text = unit.read_text().replace("/opt/ha-ingestor/bin/ha-ingestor", str(cli))
+        (tmp_path / unit.name).write_text(text)
+    result = subprocess.run([analyze, "verify", *sorted(str(p) for p in tmp_path.iterdir())],
+                            capture_output=True, text=True, timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if str(tmp_path) in line]
+    assert result.returncode == 0 and not complaints, "\n".join(complaints)
+
+
 def test_systemd_target_wants_every_component_unit():
     target = (SYSTEMD / "ha-ingestor.target").read_text()
     for name in ("writer", "mqtt", "ha"):
