@@ -291,6 +291,18 @@ def test_https_v2_api_with_a_ca_file(tmp_path, ingestor):
         server.stop()
 
 
+def test_v2_api_against_a_server_without_it_is_explained(influxdb, ingestor):
+    ing = ingestor({"influxdb": {"api": "v2", "url": influxdb.url, "org": "o", "bucket": "b",
+                                 "token": "t"}})
+    fill(ing.queue_dir, mixed_events(500, now_minus(600)))
+    proc = start_writer(ing)
+    log = ing.log_path("writer")
+    wait_until(lambda: "need influxdb.api: v1" in log.read_text(), 30, "API mismatch error")
+    assert "has no bucket 'b' in org 'o'" in log.read_text()
+    assert stop_process(proc) == 0
+    assert pending(ing.queue_dir) == (500, 0)
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 
 def http_body(port: int, path: str) -> str:

@@ -45,8 +45,11 @@ class SinkV2:
         except ApiException as exc:
             reason = reason_text(exc.body, str(exc.reason or exc.status))
             retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            raise error_for_status(int(exc.status or 0), reason, retry_after,
-                                   self.target) from None
+            error = error_for_status(int(exc.status or 0), reason, retry_after, self.target)
+            if exc.status == 404:
+                error = type(error)(f"{error}, or the server has no v2 write API "
+                                    "(InfluxDB 1.6 and 1.7 need influxdb.api: v1)")
+            raise error from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"cannot reach InfluxDB at {self.config.url}: {exc}") from None
 
