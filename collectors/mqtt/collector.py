@@ -27,7 +27,7 @@ from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import MQTT
 from ha_ingestor.errors import EXIT_OK, ConfigError
 
-from collectors.mqtt import session
+from collectors.mqtt import buffered, session
 from collectors.mqtt.committer import Committer
 from collectors.mqtt.inbox import Inbox
 from collectors.mqtt.topics import validate_filter
@@ -38,7 +38,7 @@ CONNACK_TIMEOUT_S = 10.0
 BURST_PACKETS = 256            # packets read per select() wake-up before servicing the rest
 BATCH_BYTES = 8 * 1024 * 1024  # payload bytes per batch (large payloads make small batches)
 HELD_BYTES = 32 * 1024 * 1024  # stop reading while this much payload waits for a commit
-MIN_HELD = 10_000              # messages held before reading pauses (above usual broker windows)
+MIN_HELD = 4_000               # messages held before reading pauses (above usual broker windows)
 STOP_FLUSH_S = 10.0            # on stop: how long to wait for the last batch to commit
 
 
@@ -152,7 +152,7 @@ class MqttCollector:
                 return
         rlist = [self._wake_r, sock] if reading else [self._wake_r]
         wlist = [sock] if self.client.want_write() else []
-        pending = reading and getattr(sock, "pending", None) is not None and sock.pending()
+        pending = reading and sock.pending()
         readable, writable, _ = select.select(rlist, wlist, [], 0 if pending else timeout)
         if self._wake_r in readable:
             self._drain_wake()
@@ -186,25 +186,24 @@ class MqttCollector:
             self.inbox.discard_unacked()
 
     def _read_burst(self, sock) -> None:
+        """Read packets while they keep coming. A read that yields no message (the socket is
+        empty, a packet is incomplete, or it was not a PUBLISH) ends the burst."""
         client, rx = self.client, self._rx
-        drained = False
+        room = self.inbox.max_held - self.inbox.held
+        loop_read, ok = client.loop_read, mqtt.MQTT_ERR_SUCCESS
         for _ in range(BURST_PACKETS):
-            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS or client.socket() is not sock:
+            before = len(rx)
+            if loop_read() != ok or len(rx) == before or len(rx) >= room:
                 break
-            if getattr(sock, "pending", None) is not None and sock.pending():
-                continue
-            if not select.select([sock], [], [], 0)[0]:
-                drained = True
-                break
-            if len(rx) + self.inbox.held >= self.inbox.max_held:
-                break
+        drained = client.socket() is sock and not sock.pending() and \
+            not select.select([sock], [], [], 0)[0]
         if rx:
             self._received.inc(len(rx))
             self.inbox.put(rx, drained)
             rx.clear()
 
-    def _on_message(self, _client, _userdata, message) -> None:
-        self._rx.append((time.time_ns(), message))
+    def _on_message(self, _client, _userdata, message, _now=time.time_ns) -> None:
+        self._rx.append((_now(), message))
 
     def _send_acks(self) -> None:
         acks = self.committer.acks
@@ -212,9 +211,7 @@ class MqttCollector:
             generation, mids = acks.popleft()
             if generation != self.inbox.generation or not self.connected:
                 continue  # a packet id of an earlier connection: the broker re-sends those
-            ack = self.client.ack
-            for mid, qos in mids:
-                ack(mid, qos)
+            session.ack_all(self.client, mids)
 
     def _wake(self) -> None:
         try:
@@ -246,6 +243,7 @@ class MqttCollector:
         except (OSError, ValueError) as err:
             self._connect_failed(str(err) or type(err).__name__)
             return
+        buffered.install(self.client)
         self.connecting_since = time.monotonic()
 
     def _connect_failed(self, why: str) -> None:

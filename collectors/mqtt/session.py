@@ -13,9 +13,11 @@ while the collector is away, and re-sends what we had not acknowledged when we r
 from __future__ import annotations
 
 import ssl
+import struct
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.client import PUBACK
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -103,6 +105,28 @@ def connect(client: mqtt.Client, mqtt_config, batch_events: int) -> None:
         kwargs = {"clean_start": False, "properties": props}
     client.connect(mqtt_config.host, int(mqtt_config.port), keepalive=int(mqtt_config.keepalive),
                    **kwargs)
+
+
+_PUBACK = struct.Struct("!BBH")
+
+
+def ack_all(client: mqtt.Client, acks: list[tuple[int, int]]) -> None:
+    """Acknowledge a committed batch. QoS 1 PUBACKs (4 bytes each, the same bytes paho's
+    ``ack()`` queues) go out as one write instead of one ``send()`` per message: this is a
+    third of the collector's CPU time at 30 000 msgs/s otherwise. Uses paho's packet queue
+    (``_packet_queue``, paho 2.x); anything else goes through the public ``ack()``."""
+    queue_packet = getattr(client, "_packet_queue", None)
+    if queue_packet is None:
+        for mid, qos in acks:
+            client.ack(mid, qos)
+        return
+    pack = _PUBACK.pack
+    blob = b"".join([pack(PUBACK, 2, mid) for mid, qos in acks if qos == 1])
+    if blob:
+        queue_packet(PUBACK, blob, 0, 0)
+    for mid, qos in acks:
+        if qos != 1:
+            client.ack(mid, qos)
 
 
 def connack_refusal(reason_code: ReasonCode, where: str) -> AuthError | None:
