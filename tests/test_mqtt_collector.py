@@ -13,7 +13,8 @@ import pytest
 
 from ha_ingestor import queue
 from ha_ingestor.envelope import mqtt_payload
-from tests.support.fixtures_mosquitto import MosquittoServer, make_payload, publish, publisher_process
+from tests.support.fixtures_mosquitto import (make_certificates, make_payload, publish,
+                                              publisher_process, tls_listener_conf)
 from tests.support.procs import free_port, kill_process, stop_process, tail, wait_until
 
 BATCH_EVENTS = 1000  # the default queue.batch_events
@@ -280,6 +281,35 @@ def test_unreachable_broker_is_retried_with_backoff_until_it_appears(mosquitto_f
     wait_queued(ing, 100, 30)
     log = ing.log_path("mqtt").read_text()
     assert "after" in log.split("connected to MQTT broker", 1)[1].splitlines()[0]
+    assert stop_process(proc) == 0
+
+
+# --- TLS ---------------------------------------------------------------------------------------
+
+
+def test_tls_with_ca_file_and_without_verification(mosquitto_factory, ingestor, tmp_path):
+    certs = make_certificates(tmp_path / "certs")
+    broker = mosquitto_factory("tls", extra_conf=tls_listener_conf(certs))
+    ing = ingestor(collector_config(broker.port, tls={"ca_file": str(certs["ca"])}))
+    proc = start_collector(ing)
+    publish(broker.port, 3000, topic="tls/{i}", ca_file=certs["ca"])
+    wait_queued(ing, 3000, 30)
+    assert stop_process(proc) == 0
+    assert sorted(payload_texts(drain(ing))) == sorted(f"m{i}" for i in range(3000))
+
+    # Without the CA the certificate cannot be verified: the collector retries, never stores.
+    ing.write_config({"mqtt": {"tls": {"ca_file": None, "enabled": True}}})
+    proc = ing.start("collect", "mqtt", log="untrusted")
+    wait_until(lambda: "cannot connect to MQTT broker" in ing.log_path("untrusted").read_text(),
+               20, "certificate refused")
+    assert "CERTIFICATE_VERIFY_FAILED" in ing.log_path("untrusted").read_text()
+    assert proc.poll() is None
+    assert stop_process(proc) == 0
+
+    ing.write_config({"mqtt": {"tls": {"enabled": True, "verify": False}}})
+    proc = start_collector(ing, log="noverify")
+    publish(broker.port, 10, topic="tls/late/{i}", ca_file=certs["ca"])
+    wait_queued(ing, 10, 30)
     assert stop_process(proc) == 0
 
 

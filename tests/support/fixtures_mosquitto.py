@@ -119,6 +119,33 @@ class MosquittoServer:
         return procs.tail(self.log_path, lines)
 
 
+def make_certificates(directory: Path, host: str = "127.0.0.1") -> dict[str, Path]:
+    """A throw-away CA and a server certificate for ``host`` (as an IP SAN), made with the
+    openssl command line: ``{"ca": ..., "cert": ..., "key": ...}`` PEM files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    openssl = procs.require_binary("openssl", "openssl")
+    files = {name: directory / f"{name}.pem" for name in ("ca", "ca_key", "cert", "key", "csr")}
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+        "-keyout", str(files["ca_key"]), "-out", str(files["ca"]))
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}",
+        "-keyout", str(files["key"]), "-out", str(files["csr"]))
+    ext = directory / "san.ext"
+    ext.write_text(f"subjectAltName=IP:{host}\n")
+    run("x509", "-req", "-in", str(files["csr"]), "-CA", str(files["ca"]), "-CAkey",
+        str(files["ca_key"]), "-CAcreateserial", "-days", "2", "-extfile", str(ext),
+        "-out", str(files["cert"]))
+    return {"ca": files["ca"], "cert": files["cert"], "key": files["key"]}
+
+
+def tls_listener_conf(certs: dict[str, Path]) -> tuple[str, ...]:
+    """Config lines that turn the broker's one listener into a TLS listener."""
+    return (f"cafile {certs['ca']}", f"certfile {certs['cert']}", f"keyfile {certs['key']}")
+
+
 def mosquitto_binary() -> str:
     return procs.require_binary("mosquitto", MOSQUITTO_PACKAGE)
 
@@ -166,7 +193,8 @@ def publish(port: int, count: int, topic: str = "bench/{i}", qos: int = 1, start
             payload_size: int = 0, payloads: list[bytes] | None = None, retain: bool = False,
             host: str = "127.0.0.1", client_id: str | None = None, timeout: float = 120.0,
             tolerate_disconnect: bool = False, pace: float | None = None,
-            username: str | None = None, password: str | None = None) -> PublishResult:
+            username: str | None = None, password: str | None = None,
+            ca_file: Path | None = None) -> PublishResult:
     """Publish ``count`` messages as fast as paho allows (or ``pace`` messages/s) and wait until
     the broker acknowledged every QoS 1 message. ``topic`` may contain ``{i}`` (message index,
     from ``start``).
@@ -184,6 +212,8 @@ def publish(port: int, count: int, topic: str = "bench/{i}", qos: int = 1, start
     client.max_queued_messages_set(0)
     if username:
         client.username_pw_set(username, password)
+    if ca_file:
+        client.tls_set(ca_certs=str(ca_file))
 
     def on_connect(_c, _u, _flags, reason_code, _props):
         if not reason_code.is_failure:
