@@ -96,6 +96,7 @@ class Committer:
         self.ready = threading.Event()
         self.gap_open = True            # until the first connect's backfill/resync is durable
         self._gap_generation = 0
+        self._gap_lock = threading.Lock()
         self.committed = 0
         self._marks = Watermarks()      # in memory: everything committed
         self._persisted = Watermarks()  # what the queue file holds
@@ -129,8 +130,9 @@ class Committer:
     def open_gap(self) -> None:
         """The connection is gone: stop advancing the durable watermarks until the backfill after
         the next connect is committed (``close_gap_after_queued``)."""
-        self._gap_generation += 1
-        self.gap_open = True
+        with self._gap_lock:
+            self._gap_generation += 1
+            self.gap_open = True
 
     def close_gap_after_queued(self) -> threading.Event:
         """Close the gap once everything queued so far is committed; returns an Event set then.
@@ -139,10 +141,12 @@ class Committer:
         generation = self._gap_generation
 
         def close() -> None:
-            if generation == self._gap_generation:
+            with self._gap_lock:
+                if generation != self._gap_generation:
+                    return
                 self.gap_open = False
-                self._write_marks()
-                done.set()
+            self._write_marks()
+            done.set()
         self.handoff.put_control(close)
         return done
 
