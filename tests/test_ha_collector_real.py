@@ -187,3 +187,12 @@ def test_sigkill_while_ha_keeps_changing_states(ingestor, real_ha):
         assert latest[entity_id]["last_updated"] == state["last_updated"], entity_id
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def test_real_ha_refuses_a_non_admin_token_and_the_collector_says_so(ingestor, real_ha):
+    token = real_ha.user_token("family_member")
+    ing = ingestor(collector_overrides(real_ha.ws_url, token), name="non-admin")
+    result = ing.run("collect", "ha", timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert "the token's user is not an administrator" in result.stderr
+    assert token not in result.stderr

@@ -381,6 +381,34 @@ class HomeAssistantServer:
             raise HAStartError("Home Assistant has not been started (no token yet)")
         return HAClient(self.ws_url, self.token, timeout)
 
+    def user_token(self, username: str = "family", admin: bool = False) -> str:
+        """An access token of another user (``system-users`` unless ``admin``), logged in over
+        HA's login flow like a browser would. It is short-lived (30 min): enough for a test."""
+        password = f"{username}-pw-123"
+        group = "system-admin" if admin else "system-users"
+        with self.client() as client:
+            user = client.command({"type": "config/auth/create", "name": username.title(),
+                                   "group_ids": [group]})["user"]
+            client.command({"type": "config/auth_provider/homeassistant/create",
+                            "user_id": user["id"], "username": username, "password": password})
+        client_id = self.url + "/"
+        status, raw = self._http("POST", "/auth/login_flow", json.dumps(
+            {"client_id": client_id, "handler": ["homeassistant", None],
+             "redirect_uri": client_id}).encode())
+        flow_id = json.loads(raw)["flow_id"]
+        status, raw = self._http("POST", f"/auth/login_flow/{flow_id}", json.dumps(
+            {"client_id": client_id, "username": username, "password": password}).encode())
+        code = json.loads(raw).get("result") if status == 200 else None
+        if not code:
+            raise HAStartError(f"login flow for {username} failed: HTTP {status}: {raw[:300]!r}")
+        form = urllib.parse.urlencode({"grant_type": "authorization_code", "code": code,
+                                       "client_id": client_id})
+        status, raw = self._http("POST", "/auth/token", data=form.encode(),
+                                 ctype="application/x-www-form-urlencoded")
+        if status != 200:
+            raise HAStartError(f"/auth/token for {username} answered {status}: {raw[:300]!r}")
+        return json.loads(raw)["access_token"]
+
     def configure_mqtt(self, port: int, host: str = "127.0.0.1") -> dict:
         """Set up HA's MQTT integration (a config flow: it has no YAML set-up) against a broker.
         ``mqtt_statestream:`` in extra_yaml only works after this and a ``restart()``."""
