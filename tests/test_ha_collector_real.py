@@ -196,3 +196,18 @@ def test_real_ha_refuses_a_non_admin_token_and_the_collector_says_so(ingestor, r
     assert result.returncode == 3, result.stderr
     assert "the token's user is not an administrator" in result.stderr
     assert token not in result.stderr
+
+
+def test_real_ha_without_recorder_logs_the_unfillable_gap(ingestor, real_ha_factory):
+    ha = real_ha_factory(recorder=False, name="no-recorder")
+    ing, proc = start_collector(ingestor, ha, "no-recorder")
+    with ha.client() as client:
+        drive(client, change_calls(10))
+    time.sleep(1)                   # committed: the collector now has a watermark
+    kill_process(proc)
+    proc = ing.start("collect", "ha", log="ha")
+    wait_for_resyncs(ing, 2)
+    wait_until(lambda: "has no history/recorder integration" in ing.log_path("ha").read_text(),
+               30, "the no-recorder warning")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
