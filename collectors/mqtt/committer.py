@@ -21,7 +21,9 @@ from ha_ingestor.envelope import MQTT, mqtt_event
 from ha_ingestor.errors import QueueFull
 from ha_ingestor.queue import Producer
 
+from collectors.mqtt import redelivery
 from collectors.mqtt.inbox import Inbox
+from collectors.mqtt.redelivery import Redelivery
 from collectors.mqtt.topics import TopicFilter
 
 log = logging.getLogger("collectors.mqtt")
@@ -43,6 +45,7 @@ class Committer:
         self.full = False
         self.abandoned = 0                    # QoS 0 messages still held when we had to stop
         self.ready = threading.Event()        # the queue file is open (or opening failed)
+        self.redelivery = Redelivery()
         self._abort = threading.Event()
         self._thread = threading.Thread(target=self._main, name="mqtt-committer", daemon=True)
         self._committed = metrics.EVENTS_COMMITTED.labels(source=MQTT)
@@ -74,6 +77,7 @@ class Committer:
         producer = None
         try:
             producer = Producer(self.queue_config.dir, MQTT, self.queue_config.max_bytes)
+            self.redelivery = Redelivery(producer.get_meta(redelivery.META_KEY))
             self.ready.set()
             while not self._abort.is_set():
                 taken = self.inbox.take()
@@ -93,8 +97,8 @@ class Committer:
 
     def _commit_batch(self, producer: Producer, batch: list, generation: int) -> None:
         size = sum(len(msg.payload) for _rx, msg in batch)
-        events, dead, acks = self._prepare(batch)
-        if not self._store(producer, events, dead, generation):
+        events, dead, acks, fingerprints = self._prepare(batch)
+        if not self._store(producer, events, dead, fingerprints, generation):
             return
         if batch:
             self._latency.observe(max(0.0, (time.time_ns() - batch[0][0]) / 1e9))
@@ -102,15 +106,22 @@ class Committer:
         self.inbox.release(len(batch), size)
         self.wake()
 
-    def _prepare(self, batch: list) -> tuple[list, list, list]:
-        """Envelopes to store, dead letters, and (mid, qos) of every QoS 1/2 message: excluded
-        and dead-lettered messages are acknowledged too (they are handled, not lost)."""
-        events, dead, acks = [], [], []
+    def _prepare(self, batch: list) -> tuple[list, list, list, list]:
+        """Envelopes to store, dead letters, (mid, qos) of every QoS 1/2 message (excluded,
+        dead-lettered and already-stored messages are acknowledged too: they are handled, not
+        lost) and the fingerprints of the QoS 1/2 messages the queue holds after this batch."""
+        events, dead, acks, fingerprints = [], [], [], []
         excluded = self.topics.excluded
         limit = self.max_payload
+        seen = self.redelivery
+        skipped = 0
         for rx, msg in batch:
             if msg.qos:
                 acks.append((msg.mid, msg.qos))
+                if msg.dup and seen.already_committed(msg):
+                    fingerprints.append(redelivery.fingerprint(msg))
+                    skipped += 1
+                    continue
             try:
                 topic = msg.topic
             except UnicodeDecodeError:
@@ -127,14 +138,23 @@ class Committer:
                                     f"exceeds mqtt.max_payload_bytes ({limit})"))
             else:
                 events.append(event)
-        return events, dead, acks
+                if msg.qos:
+                    fingerprints.append(redelivery.fingerprint(msg))
+        if skipped:
+            log.info("%d message(s) re-sent by the broker were already in the queue: "
+                     "acknowledged, not stored twice", skipped)
+        return events, dead, acks, fingerprints
 
-    def _store(self, producer: Producer, events: list, dead: list, generation: int) -> bool:
-        """One durable commit for the batch (and one for its dead letters). False when we gave
+    def _store(self, producer: Producer, events: list, dead: list, fingerprints: list,
+               generation: int) -> bool:
+        """One durable commit for the batch, with the fingerprints that recognise its messages
+        if the broker re-sends them (and one commit for its dead letters). False when we gave
         up on it (abort while the queue was full)."""
         while events:
             try:
-                producer.append(events)
+                meta = {redelivery.META_KEY: self.redelivery.meta_with(fingerprints)} \
+                    if fingerprints else None
+                producer.append(events, meta=meta)
                 self._committed.inc(len(events))
                 self._batches.inc()
                 break
@@ -142,6 +162,12 @@ class Committer:
                 events = self._wait_for_space(producer, exc, events, generation)
                 if events is None:
                     return False
+                if self.inbox.stale(generation):
+                    fingerprints = []   # the broker re-sends all of them: none is stored
+        else:
+            if fingerprints:   # nothing new to store, only re-sent copies
+                producer.set_meta(redelivery.META_KEY, self.redelivery.meta_with(fingerprints))
+        self.redelivery.remember(fingerprints)
         while dead:
             try:
                 producer.dead_letter(dead)
