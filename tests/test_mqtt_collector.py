@@ -265,6 +265,13 @@ def test_wrong_password_exits_3_saying_authentication_failed(mosquitto_factory, 
     assert stop_process(proc) == 0
 
 
+def test_invalid_topic_filter_exits_2_naming_the_key(mosquitto, ingestor):
+    ing = ingestor(collector_config(mosquitto.port, exclude_topics=["home/+/x", "a/#/b"]))
+    result = ing.run("collect", "mqtt", timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert "mqtt.exclude_topics" in result.stderr and "'a/#/b'" in result.stderr
+
+
 def test_unreachable_broker_is_retried_with_backoff_until_it_appears(mosquitto_factory, ingestor):
     broker = mosquitto_factory("late", start=False, port=free_port())
     ing = ingestor(collector_config(broker.port))
