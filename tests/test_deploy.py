@@ -313,6 +313,15 @@ def test_example_config_loads_and_matches_the_defaults():
         assert getattr(config, section) == getattr(defaults, section), section
 
 
+def test_example_config_commented_schema_example_is_valid(tmp_path):
+    text = (DEPLOY / "ha-ingestor.example.yaml").read_text()
+    uncommented = re.sub(r"^# (schema:|  .*)$", r"\1", text, flags=re.M)
+    assert "\nschema:" in uncommented
+    (tmp_path / "c.yaml").write_text(uncommented)
+    config = load_config(tmp_path / "c.yaml", env={"HA_TOKEN": "t"})
+    assert [p.name for p in config.schema.mqtt.presets] == ["zigbee2mqtt", "tasmota", "esphome"]
+
+
 def test_dashboard_uses_only_metrics_the_code_exports():
     dashboard = json.loads(DASHBOARD.read_text())
     exported = set()
