@@ -326,9 +326,9 @@ def test_tls_with_ca_file_and_without_verification(mosquitto_factory, ingestor, 
 def test_full_queue_pauses_without_loss_and_resumes_when_space_frees(mosquitto, ingestor):
     total = 6000
     ing = ingestor({**collector_config(mosquitto.port),
-                    "queue": {"max_bytes": "256KiB", "batch_events": 20}})
+                    "queue": {"max_bytes": "1MiB", "batch_events": 20}})
     proc = start_collector(ing)
-    publish(mosquitto.port, total, topic="full/{i}", payload_size=100)
+    publish(mosquitto.port, total, topic="full/{i}", payload_size=200)
     wait_until(lambda: "queue full" in ing.log_path("mqtt").read_text(), 30, "queue full")
     time.sleep(1.0)
     assert proc.poll() is None
@@ -353,5 +353,41 @@ def test_full_queue_pauses_without_loss_and_resumes_when_space_frees(mosquitto, 
     log = ing.log_path("mqtt").read_text()
     assert "queue has space again" in log
     assert log.count("connected to MQTT broker") == 1     # paused, never reconnected
+    assert proc.poll() is None
+    assert stop_process(proc) == 0
+
+
+def test_qos0_flood_into_a_full_queue_pauses_the_session_cleanly_and_resumes(mosquitto, ingestor):
+    """QoS 0 has no flow control: the collector stops reading, then disconnects cleanly (no
+    keepalive expiry, no reconnect while full) and comes back when the writer frees space."""
+    ing = ingestor({**collector_config(mosquitto.port, qos=0, keepalive="4s"),
+                    "queue": {"max_bytes": "1MiB", "batch_events": 20}})
+    proc = start_collector(ing)
+    publish(mosquitto.port, 20_000, topic="flood/{i}", qos=0, payload_size=100)
+    log_path = ing.log_path("mqtt")
+    wait_until(lambda: "disconnecting from MQTT broker" in log_path.read_text(), 30,
+               "paused session")
+    time.sleep(3.0)              # full for a while: no reconnect attempts, no crash
+    assert proc.poll() is None
+    log = log_path.read_text()
+    assert log.count("connected to MQTT broker") == 1 and "Keep alive" not in log
+
+    consumer = ing.consumer("mqtt")
+    try:
+        wait_until(lambda: bool(consumer.ack([b.item_id for b in consumer.take(1000)]) or
+                                log_path.read_text().count("connected to MQTT broker") == 2),
+                   60, "reconnected once the queue had space")
+        publish(mosquitto.port, 50, topic="after/{i}", qos=0)
+        texts: set[str] = set()
+        deadline = time.monotonic() + 30
+        while not {f"m{i}" for i in range(50)} <= texts and time.monotonic() < deadline:
+            for batch in consumer.take(1000):
+                texts |= {mqtt_payload(e).decode() for e in batch.events
+                          if e["topic"].startswith("after/")}
+                consumer.ack([batch.item_id])
+            time.sleep(0.05)
+    finally:
+        consumer.close()
+    assert {f"m{i}" for i in range(50)} <= texts
     assert proc.poll() is None
     assert stop_process(proc) == 0

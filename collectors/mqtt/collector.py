@@ -76,6 +76,7 @@ class MqttCollector:
         self._failed_attempts = 0
         self._retry_at = 0.0
         self._paused_since: float | None = None
+        self._pausing = False
         self._refused: str | None = None
         self._connected_gauge = metrics.CONNECTED.labels(component=MQTT)
         self._received = metrics.EVENTS_RECEIVED.labels(source=MQTT)
@@ -176,14 +177,15 @@ class MqttCollector:
             self._paused_since = now
         elif now - self._paused_since > self.mqtt.keepalive / 2:
             log.warning("queue still full: disconnecting from MQTT broker %s until it has "
-                        "space (the broker keeps the session and the messages)", self.where)
+                        "space (the broker keeps the session and its QoS 1 messages)", self.where)
             self._paused_since = None
-            self.connected = False
+            self._pausing = True
             self.client.disconnect()
-            self.client.loop_write()
+            if self.client.socket() is not None and self.client.want_write():
+                self.client.loop_write()
             self._close_socket()
-            self._connected_gauge.set(0)
-            self.inbox.discard_unacked()
+            if self.connected:   # paho did not report the disconnect (nothing was written)
+                self._on_disconnect(self.client, None, None, "paused", None)
 
     def _read_burst(self, sock) -> None:
         """Read packets while they keep coming. A read that yields no message (the socket is
@@ -303,7 +305,9 @@ class MqttCollector:
         was_connected, self.connected = self.connected, False
         self._connected_gauge.set(0)
         dropped = self.inbox.discard_unacked()
-        if self.stop.is_set() and was_connected:
+        if self._pausing or (self.stop.is_set() and was_connected):
+            self._pausing = False
+            self._outage_logged = True    # the pause was logged; no line per attempt
             return
         if not was_connected:  # refused at CONNACK, or the socket failed before it
             self._connect_failed(self._refused or str(reason_code))
