@@ -44,7 +44,7 @@ def test_state_as_event_uses_last_updated_as_time_fired():
 
 def test_full_queue_refuses_appends_and_recovers_when_drained(tmp_path, monkeypatch):
     monkeypatch.setattr("ha_ingestor.queue.FULL_RECHECK_S", 0.0)
-    producer = Producer(tmp_path, "mqtt", max_bytes=300_000)
+    producer = Producer(tmp_path, "mqtt", max_bytes=1_500_000)
     big = [mqtt_event("a", b"x" * 1000, 1, False) for _ in range(100)]
     appended = 0
     with pytest.raises(QueueFull, match="queue is full .*queue.max_bytes"):

@@ -97,10 +97,11 @@ def test_producer_restart_does_not_steal_the_consumers_in_flight_items(tmp_path)
 
 def test_producer_and_consumer_together_for_30_s_reconcile_exactly(tmp_path):
     seen = tmp_path / "seen.txt"
-    producer = spawn("produce", str(tmp_path), "10000000", "200", "--seconds", "30")
-    consumer = spawn("consume", str(tmp_path), str(seen), "--seconds", "60")
-    producer_out, producer_err = producer.communicate(timeout=90)
-    consumer_out, consumer_err = consumer.communicate(timeout=90)
+    producer = spawn("produce", str(tmp_path), "10000000", "200", "--seconds", "30",
+                     "--rate", "40000")
+    consumer = spawn("consume", str(tmp_path), str(seen), "--seconds", "120")
+    producer_out, producer_err = producer.communicate(timeout=150)
+    consumer_out, consumer_err = consumer.communicate(timeout=150)
     assert producer.returncode == 0 and consumer.returncode == 0, producer_err + consumer_err
     assert "locked" not in producer_err + consumer_err
 

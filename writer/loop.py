@@ -234,13 +234,12 @@ class WriterLoop:
             consumer = self.consumers[source]
             dead = batch.dead.get(source, [])
             if dead:
-                consumer.dead_letter(dead)
                 for _event, reason in dead:
                     metrics.DEAD_LETTERS.labels(source=source,
                                                 reason=reason.split(":", 1)[0]).inc()
                 log.warning("%d %s events moved to the dead-letter store, first: %s",
                             len(dead), source, dead[0][1][:300])
-            consumer.ack(item_ids)
+            consumer.ack(item_ids, dead)
             metrics.EVENTS_WRITTEN.labels(source=source).inc(batch.counts.get(source, 0))
         metrics.POINTS_WRITTEN.inc(points)
         self._points_since_status += points

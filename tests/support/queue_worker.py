@@ -1,6 +1,6 @@
 """A producer or consumer process for the queue contract tests:
 
-    python -m tests.support.queue_worker produce DIR BATCHES BATCH_SIZE [--seconds S]
+    python -m tests.support.queue_worker produce DIR BATCHES BATCH_SIZE [--seconds S] [--rate R]
     python -m tests.support.queue_worker consume DIR OUT_FILE [--hold] [--seconds S]
 
 The producer writes events ``{"seq": N, "batch": B, ...}`` and prints ``committed B`` (flushed)
@@ -19,13 +19,17 @@ SOURCE = "mqtt"
 PAD = "x" * 200
 
 
-def produce(queue_dir: str, batches: int, batch_size: int, seconds: float) -> None:
+def produce(queue_dir: str, batches: int, batch_size: int, seconds: float,
+            rate: float | None) -> None:
     producer = Producer(queue_dir, SOURCE, max_bytes=2**40)
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
     seq = 0
     for batch in range(batches):
         if time.monotonic() > deadline:
             break
+        if rate:                                  # steady load: at most `rate` events/s
+            time.sleep(max(0.0, started + seq / rate - time.monotonic()))
         events = [{"src": "mqtt", "seq": seq + i, "batch": batch, "pad": PAD}
                   for i in range(batch_size)]
         producer.append(events)
@@ -59,8 +63,9 @@ def consume(queue_dir: str, out_file: str, hold: bool, seconds: float) -> None:
 
 def main(argv: list[str]) -> None:
     seconds = float(argv[argv.index("--seconds") + 1]) if "--seconds" in argv else 3600.0
+    rate = float(argv[argv.index("--rate") + 1]) if "--rate" in argv else None
     if argv[0] == "produce":
-        produce(argv[1], int(argv[2]), int(argv[3]), seconds)
+        produce(argv[1], int(argv[2]), int(argv[3]), seconds, rate)
     else:
         consume(argv[1], argv[2], "--hold" in argv, seconds)
 
