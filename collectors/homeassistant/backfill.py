@@ -5,7 +5,8 @@
     {"<entity_id>": [{"s": state, "a": attributes, "lu": last_updated, "lc": last_changed}, ...]}
 
 ``lu``/``lc`` are epoch seconds (floats) of the datetimes HA stored as ``State.last_updated``
-(``lc`` only when it differs). In HA 2024.3.3 a ``state_changed`` event's ``time_fired`` *is* its
+(``lc`` only when it differs). With ``no_attributes: false`` every row carries ``a``, the full
+attributes as recorded, not only when they changed (``row_to_compressed_state`` in HA's recorder). In HA 2024.3.3 a ``state_changed`` event's ``time_fired`` *is* its
 ``new_state.last_updated``, so ``datetime.fromtimestamp(lu, UTC).isoformat()`` (the float rounds to
 the exact microsecond) reproduces the live event's ``time_fired`` string character for character:
 a backfilled change becomes the same InfluxDB point the live event would have made.
