@@ -4,7 +4,9 @@ report in the work folder; exit code 0 when our pipeline lost and duplicated not
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pipeline", action="store_true", help="servers, load, ledger and "
                         "HA's own influxdb integration only (checks the harness itself)")
     args = parser.parse_args(argv)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1: where is it stuck?
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ha-ingestor-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -42,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"servers' data and logs kept in {workdir}")
     return 0 if report.passed else 1
+
+
+def _exit_cleanly(signum, _frame) -> None:
+    """SIGTERM (a CI timeout): unwind, so the servers this run started are stopped."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

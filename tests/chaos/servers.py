@@ -7,6 +7,7 @@ restarts them on purpose and must keep their ports and data across restarts.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import subprocess
@@ -141,6 +142,9 @@ class MosquittoServer(Server):
         # collector's persistent session while it is killed at 200 msgs/s with retries.
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            # as root it would switch to the 'mosquitto' user, which cannot write its
+            # persistence file in our folder: sessions would silently not survive a restart
+            f"user {getpass.getuser()}\n"
             f"persistence true\npersistence_location {self.dir}/\n"
             f"max_queued_messages 10000000\nmax_inflight_messages 100\n"
             f"log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n")
