@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 300.0       # history and get_states can be large; pings catch a frozen HA
 GAP_CLOSE_TIMEOUT_S = 120.0     # waiting for the committer to make a backfill durable
+GAP_OPEN_WAIT_S = 5.0           # waiting for the previous connection's events to be committed
 BACKFILL_TRIES = 3
 
 
@@ -98,6 +99,7 @@ class HACollector:
         connection.start_reader()
         self._start_keepalive(connection)
         self._request_coalescing(connection)
+        self._open_gap()
         backfill = self._prepare_backfill()
         self._subscribe(connection)
         self._connected.set(1)
@@ -115,7 +117,6 @@ class HACollector:
             self.connection.close(reason)
             self.connection = None
             self._connected.set(0)
-        self.committer.open_gap()
         self.backfill = None
 
     # -- handshake steps ------------------------------------------------------------------------
@@ -166,6 +167,15 @@ class HACollector:
     # -- backfill and resync --------------------------------------------------------------------
     def _wants_states(self) -> bool:
         return not self.ha.event_types or "state_changed" in self.ha.event_types
+
+    def _open_gap(self) -> None:
+        """Mark where this connection's events begin, and let the previous connection's events
+        finish committing first (briefly), so the backfill starts from their watermarks."""
+        previous_committed = self.committer.open_gap_here()
+        deadline = time.monotonic() + GAP_OPEN_WAIT_S
+        while not previous_committed.wait(0.05):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                return   # older watermarks are still a safe start (a few more rewrites)
 
     def _prepare_backfill(self) -> Backfill | None:
         """Set up before subscribing, so live events from the first one on are known to it."""

@@ -5,9 +5,11 @@ whichever comes first. The queue's SQLite connection lives in this thread only.
 
 It also keeps the *watermarks* the backfill starts from: the newest ``time_fired`` committed, over
 all state changes and per entity. They are written in the same transaction as a batch (so they are
-never ahead of what is durable), and not at all while a gap is open: from a disconnect until the
-backfill after the next connect is committed. A collector killed during that time therefore
-backfills again from the old watermark instead of skipping the gap.
+never ahead of what is durable), and not at all while a gap is open: from the first event of a new
+connection until that connection's backfill is committed. A collector killed during that time
+therefore backfills again from the old watermark instead of skipping the gap. Both ends of a gap
+are control items in the hand-off's FIFO, so they take effect exactly between the events of one
+connection and the next, whatever the committer still holds.
 """
 
 from __future__ import annotations
@@ -95,8 +97,6 @@ class Committer:
         self.error: BaseException | None = None
         self.ready = threading.Event()
         self.gap_open = True            # until the first connect's backfill/resync is durable
-        self._gap_generation = 0
-        self._gap_lock = threading.Lock()
         self.committed = 0
         self._marks = Watermarks()      # in memory: everything committed
         self._persisted = Watermarks()  # what the queue file holds
@@ -127,24 +127,24 @@ class Committer:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def open_gap(self) -> None:
-        """The connection is gone: stop advancing the durable watermarks until the backfill after
-        the next connect is committed (``close_gap_after_queued``)."""
-        with self._gap_lock:
-            self._gap_generation += 1
+    def open_gap_here(self) -> threading.Event:
+        """Events queued from now on belong to a new connection: they must not move the durable
+        watermarks until its backfill is committed (``close_gap_after_queued``). Returns an Event
+        set once everything queued before (the previous connection's events) is committed."""
+        committed_before = threading.Event()
+
+        def open_gap() -> None:
             self.gap_open = True
+            committed_before.set()
+        self.handoff.put_control(open_gap)
+        return committed_before
 
     def close_gap_after_queued(self) -> threading.Event:
-        """Close the gap once everything queued so far is committed; returns an Event set then.
-        A disconnect in between (a new gap) cancels it."""
+        """Close the gap once everything queued so far is committed; returns an Event set then."""
         done = threading.Event()
-        generation = self._gap_generation
 
         def close() -> None:
-            with self._gap_lock:
-                if generation != self._gap_generation:
-                    return
-                self.gap_open = False
+            self.gap_open = False
             self._write_marks()
             done.set()
         self.handoff.put_control(close)
