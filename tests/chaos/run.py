@@ -3,6 +3,7 @@ then the ledger compared with both InfluxDB databases."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import random
 import threading
@@ -147,19 +148,34 @@ class ChaosRun:
             time.sleep(step.gap_before_s)
             self.report.outcomes.append(injector.inflict(step.kind))
         time.sleep(self.profile.tail_s)
-        self.ha_load.stop()
-        self.mqtt_load.stop()
+        self._bounded(self.ha_load.stop, "HA load generator")
+        self._bounded(self.mqtt_load.stop, "MQTT load generator")
         self.report.load_s = round(self.elapsed(), 1)
         self.log(f"load stopped after {self.report.load_s} s: {self.ha_load.sent} HA calls, "
                  f"{self.mqtt_load.seq} MQTT publishes; settling")
         time.sleep(3)               # trailing events reach the ledgers
-        self.ha_ledger.stop()
-        self.mqtt_ledger.stop()
+        self._bounded(self.ha_ledger.stop, "HA ledger")
+        self._bounded(self.mqtt_ledger.stop, "MQTT ledger")
         time.sleep(2)               # HA's recorder commits every second
         self._settle()
         self._sampling.set()
         self.report.peak_rss_mb = {k: round(v, 1) for k, v in self.rss.items()}
         return self.report
+
+    def _bounded(self, action, what: str, timeout: float = 30.0) -> None:
+        """Run ``action`` (a client's stop) but never hang the run on it; if it does not return,
+        say so and dump every thread's stack into the log."""
+        done = threading.Event()
+
+        def call():
+            try:
+                action()
+            finally:
+                done.set()
+        threading.Thread(target=call, daemon=True).start()
+        if not done.wait(timeout):
+            self.log(f"{what} did not stop within {timeout:.0f} s; carrying on. Threads:")
+            faulthandler.dump_traceback(all_threads=True)
 
     def _fired(self) -> tuple[dict, dict]:
         bus = self.ha_ledger.seen
