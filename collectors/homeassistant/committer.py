@@ -150,11 +150,6 @@ class Committer:
         self.handoff.put_control(close)
         return done
 
-    def barrier(self) -> threading.Event:
-        done = threading.Event()
-        self.handoff.put_control(done.set)
-        return done
-
     def persisted_marks(self) -> Watermarks:
         """The watermarks as the queue file holds them (valid starting points for a backfill)."""
         return self._persisted.copy()
