@@ -3,6 +3,7 @@ publisher floods a real Mosquitto, next to a bare paho subscriber (that only cou
 same way in the same run.
 
     .venv/bin/python bench/mqtt_bench.py [--messages 200000] [--rounds 1] [--json out.json]
+                                         [--protocol 3.1.1|5] [--broker-max-inflight 1000]
 
 For each QoS (1, then 0) and each round: a bare paho subscriber process, then the collector (the
 CLI, its own process), each connected before the flood starts. The flood is ``--messages``
@@ -42,7 +43,7 @@ TOPICS = [f"zigbee2mqtt/bench_sensor_{i}" for i in range(4)]
 
 BARE_SUBSCRIBER = r"""
 import sys, time, paho.mqtt.client as mqtt
-port, want, qos = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+port, want, qos, v5 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "5"
 state = {"n": 0, "first": None, "last": None}
 def on_message(c, u, m):
     n = state["n"] = state["n"] + 1
@@ -54,7 +55,9 @@ def on_message(c, u, m):
 def on_connect(c, u, f, rc, p):
     c.subscribe("zigbee2mqtt/#", qos)
     print("ready", flush=True)
-c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare", clean_session=True)
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-bare",
+                protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                **({} if v5 else {"clean_session": True}))
 c.on_message, c.on_connect = on_message, on_connect
 c.connect("127.0.0.1", port)
 c.loop_forever()
@@ -92,8 +95,9 @@ def wait_all(procs: list[subprocess.Popen], timeout: float = 600) -> None:
         proc.wait(timeout)
 
 
-def bare_paho(port: int, files: list[Path], n: int, qos: int) -> float:
-    proc = subprocess.Popen([sys.executable, "-c", BARE_SUBSCRIBER, str(port), str(n), str(qos)],
+def bare_paho(port: int, files: list[Path], n: int, qos: int, protocol: str) -> float:
+    proc = subprocess.Popen([sys.executable, "-c", BARE_SUBSCRIBER, str(port), str(n), str(qos),
+                             protocol],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.3)  # the SUBACK
@@ -121,11 +125,12 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def collector(workdir: Path, port: int, files: list[Path], n: int, qos: int,
-              name: str) -> tuple[float, float]:
+              name: str, protocol: str = "3.1.1") -> tuple[float, float]:
     import yaml
     metrics_port = free_port()
     config = {"queue": {"dir": str(workdir / name / "queue")},
               "mqtt": {"enabled": True, "host": "127.0.0.1", "port": port, "qos": qos,
+                       "protocol": protocol,
                        "client_id": f"bench-{name}", "topics": ["zigbee2mqtt/#"]},
               "homeassistant": {"enabled": False},
               "metrics": {"enabled": True, "ports": {"mqtt": metrics_port}}}
@@ -163,21 +168,26 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--protocol", choices=["3.1.1", "5"], default="3.1.1",
+                        help="MQTT protocol of the collector and of the bare subscriber")
+    parser.add_argument("--broker-max-inflight", type=int, default=1000,
+                        help="Mosquitto's max_inflight_messages (its default is 20)")
     args = parser.parse_args()
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     rounds = []
     with tempfile.TemporaryDirectory(prefix="mqtt-bench-") as tmp:
         workdir = Path(tmp)
-        broker = MosquittoServer(binary, workdir / "broker").start()
+        broker = MosquittoServer(binary, workdir / "broker",
+                                 max_inflight_messages=args.broker_max_inflight).start()
         try:
             files = write_flood_files(workdir, args.messages)
             for r in range(args.rounds):
                 result = {}
                 for qos in (1, 0):
-                    result[f"bare_paho_qos{qos}_msgs_per_s"] = bare_paho(broker.port, files,
-                                                                         args.messages, qos)
+                    result[f"bare_paho_qos{qos}_msgs_per_s"] = bare_paho(
+                        broker.port, files, args.messages, qos, args.protocol)
                     rate, rss = collector(workdir, broker.port, files, args.messages, qos,
-                                          f"r{r}q{qos}")
+                                          f"r{r}q{qos}", args.protocol)
                     result[f"qos{qos}_msgs_per_s"] = rate
                     result[f"rss_mb_qos{qos}"] = rss
                 rounds.append(result)
@@ -199,7 +209,8 @@ def main() -> None:
                                               for r in rounds), 3),
         "qos0_ratio": round(statistics.median(r["qos0_msgs_per_s"] / r["bare_paho_qos0_msgs_per_s"]
                                               for r in rounds), 3),
-        "messages": args.messages, "rounds": len(rounds),
+        "messages": args.messages, "rounds": len(rounds), "protocol": args.protocol,
+        "broker_max_inflight_messages": args.broker_max_inflight,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
         "raw": rounds,
     }
