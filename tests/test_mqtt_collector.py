@@ -257,12 +257,22 @@ def test_wrong_password_exits_3_saying_authentication_failed(mosquitto_factory, 
     result = ing.run("collect", "mqtt", timeout=30)
     assert result.returncode == 3, result.stderr
     assert "authentication failed" in result.stderr.lower()
+    assert "retrying" not in result.stderr        # refused for good: no retry loop, no noise
 
     ing.write_config({"mqtt": {"password": "right"}})
     proc = start_collector(ing)
     publish(broker.port, 10, topic="auth/{i}", username="ingestor", password="right")
     wait_queued(ing, 10, 30)
     assert stop_process(proc) == 0
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_refused_client_id_exits_3(mosquitto_factory, ingestor, protocol):
+    broker = mosquitto_factory("prefixes", extra_conf=("clientid_prefixes ingest-",))
+    ing = ingestor(collector_config(broker.port, protocol=protocol))   # "test-collector"
+    result = ing.run("collect", "mqtt", timeout=30)
+    assert result.returncode == 3, result.stderr
+    assert "authentication failed" in result.stderr.lower() and "client_id" in result.stderr
 
 
 def test_invalid_topic_filter_exits_2_naming_the_key(mosquitto, ingestor):

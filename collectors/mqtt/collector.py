@@ -314,6 +314,8 @@ class MqttCollector:
         was_connected, self.connected = self.connected, False
         self._connected_gauge.set(0)
         dropped = self.inbox.discard_unacked()
+        if self.fatal is not None:   # refused for good: the main loop raises it
+            return
         if self._pausing or (self.stop.is_set() and was_connected):
             self._pausing = False
             self._outage_logged = True    # the pause was logged; no line per attempt

@@ -135,8 +135,8 @@ def connack_refusal(reason_code: ReasonCode, where: str) -> AuthError | None:
     if what is None:
         return None
     return AuthError(f"MQTT authentication failed: broker {where} refused the connection: "
-                     f"{what} ({reason_code}); check mqtt.username, mqtt.password and "
-                     f"mqtt.client_id")
+                     f"{what} (CONNACK reason code {reason_code.value}); check "
+                     f"mqtt.username, mqtt.password and mqtt.client_id")
 
 
 def suback_refusals(topics: list[str], reason_codes: list[ReasonCode]) -> list[str]:
