@@ -4,7 +4,6 @@ Consumer (the writer's side), the way the writer would see it."""
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 import urllib.request

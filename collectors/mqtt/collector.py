@@ -4,7 +4,7 @@ Network thread: runs paho's I/O through paho's external-loop API (``socket()``, 
 ``loop_write()``, ``loop_misc()``), so every paho call happens in this one thread and reading can
 be paused. ``on_message`` only appends (receive time, message) to a list; after each burst of
 reads the list goes to the inbox. Acknowledgements come back from the committer after the batch is
-durable and are sent here (``client.ack``: paho's ``manual_ack``).
+durable and are sent here (paho's ``manual_ack``; a batch's PUBACKs in one write).
 
 paho does not limit what it reads with ``manual_ack``: the broker does. It keeps at most its
 in-flight window of unacknowledged QoS 1 messages on the wire to us (Mosquitto:
@@ -45,6 +45,8 @@ STOP_FLUSH_S = 10.0            # on stop: how long to wait for the last batch to
 
 
 class MqttCollector:
+    """One persistent MQTT session into the ``mqtt`` queue; ``run()`` until ``stop`` is set."""
+
     def __init__(self, config, stop):
         self.config = config
         self.mqtt = config.mqtt
