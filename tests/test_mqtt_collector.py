@@ -183,10 +183,17 @@ def test_broker_restart_mid_stream_loses_no_acknowledged_qos1_message(mosquitto,
     acked = result["r"].acked
     assert len(acked) == 6000, "the publisher could not re-send after the restart"
 
-    wait_queued(ing, len(acked), 60)
-    texts = set(payload_texts(drain(ing)))
-    missing = [i for i in acked if f"m{i}" not in texts]
+    want = {f"m{i}" for i in acked}
+    try:
+        wait_until(lambda: want <= set(payload_texts(ing.read_all("mqtt"))), 60,
+                   "every acknowledged message queued")
+    except TimeoutError:
+        pass   # the assertion below names what is missing
+    texts = payload_texts(drain(ing))
+    missing = [i for i in acked if f"m{i}" not in set(texts)]
     assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {missing[:5]}"
+    print(f"\nbroker restart: {len(texts) - len(set(texts))} duplicates")
+    assert len(texts) - len(set(texts)) <= BATCH_EVENTS
     log = ing.log_path("mqtt").read_text()
     assert log.count("lost connection to MQTT broker") == 1
     assert log.count("connected to MQTT broker") == 2

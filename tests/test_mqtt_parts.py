@@ -10,7 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from collectors.mqtt.inbox import STALL_HINT, Inbox
-from collectors.mqtt.redelivery import KEEP_BATCHES, Redelivery, fingerprint
+from collectors.mqtt.redelivery import KEEP_BATCHES, TRUST_AFTER, Redelivery, fingerprint
 from collectors.mqtt.session import receive_maximum, subscription_qos
 from collectors.mqtt.topics import TopicFilter, validate_filter
 
@@ -40,10 +40,10 @@ def test_invalid_filters_are_refused_with_the_filter_named(bad):
     assert repr(bad) in str(err.value) or not bad
 
 
-def test_redelivered_copy_of_committed_message_is_recognised_once_per_copy():
+def test_redelivered_copy_of_a_never_acknowledged_message_is_recognised_once_per_copy():
     seen = Redelivery()
-    first = [message(7, "t", b"on"), message(8, "t", b"on")]
-    seen.remember([fingerprint(m) for m in first])
+    seen.never_acknowledged([fingerprint(m) for m in
+                             (message(7, "t", b"on"), message(8, "t", b"on"))])
     again = message(7, "t", b"on", dup=True)
     assert seen.already_committed(again)
     assert not seen.already_committed(again)                 # only one copy was committed
@@ -52,19 +52,59 @@ def test_redelivered_copy_of_committed_message_is_recognised_once_per_copy():
     assert not seen.already_committed(message(7, "t", b"off", dup=True))  # other payload
 
 
-def test_fingerprints_survive_a_restart_through_the_queue_meta():
-    seen = Redelivery()
-    for batch in range(KEEP_BATCHES + 2):
-        fps = [fingerprint(message(batch * 100 + i, f"b{batch}", b"x")) for i in range(3)]
+def _commit_batches(seen: Redelivery, count: int, size: int = 10, start_mid: int = 1) -> str:
+    """Feed ``count`` batches of first-copy messages with increasing packet ids (Mosquitto)."""
+    meta = ""
+    mid = start_mid
+    for _ in range(count):
+        batch = [message(mid + i, "t", f"v{mid + i}".encode()) for i in range(size)]
+        for msg in batch:
+            seen.first_copy(msg)
+        fps = [fingerprint(m) for m in batch]
         meta = seen.meta_with(fps)
-        seen.remember(fps)
+        seen.committed(fps)
+        mid += size
+    return meta
+
+
+def test_recent_batches_are_trusted_only_after_the_broker_showed_increasing_packet_ids():
+    seen = Redelivery()
+    _commit_batches(seen, TRUST_AFTER - 1)
+    last = message(10 * (TRUST_AFTER - 1), "t", f"v{10 * (TRUST_AFTER - 1)}".encode(), dup=True)
+    assert not seen.trusted and not seen.already_committed(last)
+    _commit_batches(seen, 1, start_mid=10 * (TRUST_AFTER - 1) + 1)
+    assert seen.trusted and seen.already_committed(last)
+
+
+def test_trusted_fingerprints_survive_a_restart_through_the_queue_meta():
+    seen = Redelivery()
+    meta = _commit_batches(seen, TRUST_AFTER + 2)
     restarted = Redelivery(meta)
-    newest = KEEP_BATCHES + 1
-    assert restarted.already_committed(message(newest * 100, f"b{newest}", b"x", dup=True))
-    oldest_kept = newest - KEEP_BATCHES + 1
-    assert restarted.already_committed(message(oldest_kept * 100 + 2, f"b{oldest_kept}", b"x"))
-    forgotten = oldest_kept - 1
-    assert not restarted.already_committed(message(forgotten * 100, f"b{forgotten}", b"x"))
+    newest = 10 * (TRUST_AFTER + 2)
+    assert restarted.trusted
+    assert restarted.already_committed(message(newest, "t", f"v{newest}".encode(), dup=True))
+    forgotten = 10 * (TRUST_AFTER + 2 - KEEP_BATCHES)      # evicted from the window
+    assert not restarted.already_committed(message(forgotten, "t", f"v{forgotten}".encode(),
+                                                   dup=True))
+
+
+def test_a_broker_that_reuses_packet_ids_at_once_is_never_trusted():
+    """Lowest-free-id brokers: a new, identical message may carry a just-acknowledged id.
+    Skipping its re-sent copy would lose it, so the recent window is switched off for good."""
+    seen = Redelivery()
+    for _ in range(TRUST_AFTER + 2):
+        _commit_batches(seen, 1, start_mid=1)           # every batch re-uses ids 1..10
+    assert seen.reuse_seen and not seen.trusted
+    assert seen.meta_with([fingerprint(message(1, "t", b"v1"))]) == ""
+    assert not seen.already_committed(message(1, "t", b"v1", dup=True))
+    assert Redelivery("").trusted is False
+
+
+def test_a_lost_session_forgets_everything():
+    seen = Redelivery()
+    seen.never_acknowledged([fingerprint(message(1, "t", b"x"))])
+    seen.forget()
+    assert not seen.already_committed(message(1, "t", b"x", dup=True))
 
 
 def _inbox(**kwargs) -> Inbox:

@@ -221,9 +221,12 @@ class MqttCollector:
     def _send_acks(self) -> None:
         acks = self.committer.acks
         while acks:
-            generation, mids = acks.popleft()
+            generation, mids, fingerprints = acks.popleft()
             if generation != self.inbox.generation or not self.connected:
-                continue  # a packet id of an earlier connection: the broker re-sends those
+                # A packet id means something only on its own connection: the broker re-sends
+                # these; the committer recognises the copies.
+                self.committer.dropped.append(fingerprints)
+                continue
             session.ack_all(self.client, mids)
 
     def _wake(self) -> None:
@@ -291,6 +294,8 @@ class MqttCollector:
         log.info("connected to MQTT broker %s as %r (MQTT %s, session present: %s)%s",
                  self.where, self.mqtt.client_id, self.mqtt.protocol,
                  "yes" if flags.session_present else "no", after)
+        if not flags.session_present:
+            self.committer.dropped.append(None)   # nothing will be re-sent
         if self._ever_connected and not flags.session_present:
             log.warning("the broker had no session for %r: messages published while we were "
                         "away are lost (broker restarted without persistence, or the session "

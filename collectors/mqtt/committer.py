@@ -40,12 +40,14 @@ class Committer:
         self.topics = TopicFilter(config.mqtt.exclude_topics)
         self.inbox = inbox
         self.wake = wake                      # wakes the network thread's select()
-        self.acks: deque = deque()            # (generation, [(mid, qos), ...]) ready to send
+        self.acks: deque = deque()            # (generation, [(mid, qos)], [message]) to send
+        self.dropped: deque = deque()         # messages whose acks were dropped; None: forget
         self.error: BaseException | None = None
         self.full = False
         self.abandoned = 0                    # QoS 0 messages still held when we had to stop
         self.ready = threading.Event()        # the queue file is open (or opening failed)
         self.redelivery = Redelivery()
+        self._meta_written = True             # clear a stale value once if we do not trust it
         self._abort = threading.Event()
         self._thread = threading.Thread(target=self._main, name="mqtt-committer", daemon=True)
         self._committed = metrics.EVENTS_COMMITTED.labels(source=MQTT)
@@ -97,29 +99,37 @@ class Committer:
 
     def _commit_batch(self, producer: Producer, batch: list, generation: int) -> None:
         size = sum(len(msg.payload) for _rx, msg in batch)
-        events, dead, acks, fingerprints = self._prepare(batch)
-        if not self._store(producer, events, dead, fingerprints, generation):
+        events, dead, acks, in_queue = self._prepare(batch)
+        fingerprints = self._store(producer, events, dead,
+                                   [redelivery.fingerprint(m) for m in in_queue], generation)
+        if fingerprints is None:
             return
         if batch:
             self._latency.observe(max(0.0, (time.time_ns() - batch[0][0]) / 1e9))
-        self.acks.append((generation, acks))
+        self.redelivery.committed(fingerprints)
+        if self.inbox.stale(generation):   # the connection is gone: these acks cannot be sent
+            self.redelivery.never_acknowledged(fingerprints)
+        else:
+            self.acks.append((generation, acks, fingerprints))
         self.inbox.release(len(batch), size)
         self.wake()
 
     def _prepare(self, batch: list) -> tuple[list, list, list, list]:
         """Envelopes to store, dead letters, (mid, qos) of every QoS 1/2 message (excluded,
         dead-lettered and already-stored messages are acknowledged too: they are handled, not
-        lost) and the fingerprints of the QoS 1/2 messages the queue holds after this batch."""
-        events, dead, acks, fingerprints = [], [], [], []
+        lost), and the QoS 1/2 messages that are in the queue once this batch is committed."""
+        events, dead, acks, in_queue = [], [], [], []
         excluded = self.topics.excluded
         limit = self.max_payload
-        seen = self.redelivery
+        seen = self._take_dropped()
         skipped = 0
         for rx, msg in batch:
             if msg.qos:
                 acks.append((msg.mid, msg.qos))
-                if msg.dup and seen.already_committed(msg):
-                    fingerprints.append(redelivery.fingerprint(msg))
+                if not msg.dup:
+                    seen.first_copy(msg)
+                elif seen.already_committed(msg):
+                    in_queue.append(msg)
                     skipped += 1
                     continue
             try:
@@ -139,35 +149,43 @@ class Committer:
             else:
                 events.append(event)
                 if msg.qos:
-                    fingerprints.append(redelivery.fingerprint(msg))
+                    in_queue.append(msg)
         if skipped:
             log.info("%d message(s) re-sent by the broker were already in the queue: "
                      "acknowledged, not stored twice", skipped)
-        return events, dead, acks, fingerprints
+        return events, dead, acks, in_queue
+
+    def _take_dropped(self) -> Redelivery:
+        """Fold in what the network thread could not acknowledge (a lost connection)."""
+        while self.dropped:
+            fingerprints = self.dropped.popleft()
+            if fingerprints is None:
+                self.redelivery.forget()
+            else:
+                self.redelivery.never_acknowledged(fingerprints)
+        return self.redelivery
 
     def _store(self, producer: Producer, events: list, dead: list, fingerprints: list,
-               generation: int) -> bool:
-        """One durable commit for the batch, with the fingerprints that recognise its messages
-        if the broker re-sends them (and one commit for its dead letters). False when we gave
-        up on it (abort while the queue was full)."""
+               generation: int) -> list | None:
+        """One durable commit for the batch, with the fingerprints that recognise its QoS 1
+        messages if the broker re-sends them (and one commit for its dead letters). Returns the
+        fingerprints of what was committed; None when we gave up (abort while the queue was
+        full)."""
         while events:
             try:
-                meta = {redelivery.META_KEY: self.redelivery.meta_with(fingerprints)} \
-                    if fingerprints else None
+                meta = self._meta(fingerprints)
                 producer.append(events, meta=meta)
+                if meta is not None:
+                    self._meta_written = bool(meta[redelivery.META_KEY])
                 self._committed.inc(len(events))
                 self._batches.inc()
                 break
             except QueueFull as exc:
                 events = self._wait_for_space(producer, exc, events, generation)
                 if events is None:
-                    return False
+                    return None
                 if self.inbox.stale(generation):
-                    fingerprints = []   # the broker re-sends all of them: none is stored
-        else:
-            if fingerprints:   # nothing new to store, only re-sent copies
-                producer.set_meta(redelivery.META_KEY, self.redelivery.meta_with(fingerprints))
-        self.redelivery.remember(fingerprints)
+                    fingerprints = []   # its QoS 1 messages were dropped: the broker re-sends
         while dead:
             try:
                 producer.dead_letter(dead)
@@ -181,12 +199,19 @@ class Committer:
                 dead = self._wait_for_space(producer, exc, dead, generation,
                                             qos_of=lambda entry: entry[0]["qos"])
                 if dead is None:
-                    return False
+                    return None
         if self.full:
             self.full = False
             self._full_gauge.set(0)
             log.info("queue has space again: committing and acknowledging again")
-        return True
+        return fingerprints
+
+    def _meta(self, fingerprints: list) -> dict | None:
+        """The recent fingerprints to commit with a batch (cleared once, when untrusted)."""
+        value = self.redelivery.meta_with(fingerprints)
+        if not value and not self._meta_written:
+            return None
+        return {redelivery.META_KEY: value}
 
     def _wait_for_space(self, producer: Producer, exc: QueueFull, items: list, generation: int,
                         qos_of=lambda event: event["qos"]) -> list | None:
