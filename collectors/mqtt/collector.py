@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import MQTT
-from ha_ingestor.errors import EXIT_OK, ConfigError
+from ha_ingestor.errors import EXIT_OK, AuthError, ConfigError
 
 from collectors.mqtt import buffered, session
 from collectors.mqtt.committer import Committer
@@ -250,7 +250,7 @@ class MqttCollector:
         if wait > 0 or self.committer.full:
             # While the queue is full, reconnecting would only fill memory with messages we
             # cannot commit; the broker keeps them in the session.
-            self.stop.wait(min(max(wait, 0.0), 0.5) if wait > 0 else 0.5)
+            self.stop.wait(min(wait, 0.5) if wait > 0 else 0.5)
             self._drain_wake()
             self._send_acks()
             return
@@ -309,7 +309,6 @@ class MqttCollector:
     def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
         refused = session.suback_refusals(self._sub_topics, reason_codes)
         if refused:
-            from ha_ingestor.errors import AuthError
             self.fatal = AuthError(f"MQTT broker {self.where} refused the subscription to "
                                    f"{', '.join(refused)}: not authorised for these topics "
                                    f"(check the broker's ACL for mqtt.username)")

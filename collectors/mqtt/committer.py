@@ -34,14 +34,16 @@ REASON_BAD_TOPIC = "topic_not_utf8"
 
 
 class Committer:
+    """The thread that owns the queue file: batches in, packet ids to acknowledge out."""
+
     def __init__(self, config, inbox: Inbox, wake: Callable[[], None]):
         self.queue_config = config.queue
         self.max_payload = config.mqtt.max_payload_bytes
         self.topics = TopicFilter(config.mqtt.exclude_topics)
         self.inbox = inbox
         self.wake = wake                      # wakes the network thread's select()
-        self.acks: deque = deque()            # (generation, [(mid, qos)], [message]) to send
-        self.dropped: deque = deque()         # messages whose acks were dropped; None: forget
+        self.acks: deque = deque()            # (generation, [(mid, qos)], fingerprints) to send
+        self.dropped: deque = deque()         # fingerprints whose acks were dropped; None: forget
         self.error: BaseException | None = None
         self.full = False
         self.abandoned = 0                    # QoS 0 messages still held when we had to stop
