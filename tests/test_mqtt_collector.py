@@ -344,7 +344,10 @@ def test_full_queue_pauses_without_loss_and_resumes_when_space_frees(mosquitto, 
     ing = ingestor({**collector_config(mosquitto.port),
                     "queue": {"max_bytes": "1MiB", "batch_events": 20}})
     proc = start_collector(ing)
-    publish(mosquitto.port, total, topic="full/{i}", payload_size=200)
+    # The producer re-measures the file at most every 0.5 s: fill it, then keep publishing.
+    publish(mosquitto.port, total // 2, topic="full/{i}", payload_size=200)
+    time.sleep(1.0)
+    publish(mosquitto.port, total // 2, topic="full/{i}", payload_size=200, start=total // 2)
     wait_until(lambda: "queue full" in ing.log_path("mqtt").read_text(), 30, "queue full")
     time.sleep(1.0)
     assert proc.poll() is None
@@ -379,7 +382,9 @@ def test_qos0_flood_into_a_full_queue_pauses_the_session_cleanly_and_resumes(mos
     ing = ingestor({**collector_config(mosquitto.port, qos=0, keepalive="4s"),
                     "queue": {"max_bytes": "1MiB", "batch_events": 20}})
     proc = start_collector(ing)
-    publish(mosquitto.port, 20_000, topic="flood/{i}", qos=0, payload_size=100)
+    publish(mosquitto.port, 5_000, topic="flood/{i}", qos=0, payload_size=100)
+    time.sleep(1.0)    # the producer re-measures the file at most every 0.5 s
+    publish(mosquitto.port, 20_000, topic="flood/{i}", qos=0, payload_size=100, start=5_000)
     log_path = ing.log_path("mqtt")
     wait_until(lambda: "disconnecting from MQTT broker" in log_path.read_text(), 30,
                "paused session")
