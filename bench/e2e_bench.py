@@ -522,6 +522,7 @@ def main() -> int:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
+    signal.signal(signal.SIGTERM, lambda signum, _f: sys.exit(128 + signum))  # unwind: stop servers
     bench = Bench(workdir, args.seconds, log)
     try:
         bench.setup()

@@ -153,6 +153,7 @@ class MqttLoad(Paced):
         self.topic_of: dict[int, str] = {}
         self.skipped = 0
         self._mids: dict[int, int] = {}
+        self._early: set[int] = set()
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv311, clean_session=True)
@@ -169,16 +170,24 @@ class MqttLoad(Paced):
             return
         self.seq += 1
         topic = self.rng.choice(self.topics)
+        self.published_at[self.seq] = time.time()
+        self.topic_of[self.seq] = topic
+        # never hold our lock across a paho call: paho runs on_publish under its own mutex,
+        # and on_publish takes our lock (that order, both ways, deadlocks)
+        info = self.client.publish(topic, mqtt_payload(topic, self.seq, self.rng), qos=1)
         with self._lock:
-            self.published_at[self.seq] = time.time()
-            self.topic_of[self.seq] = topic
-            info = self.client.publish(topic, mqtt_payload(topic, self.seq, self.rng), qos=1)
-            self._mids[info.mid] = self.seq
+            if info.mid in self._early:         # the PUBACK beat us here
+                self._early.discard(info.mid)
+                self.accepted.add(self.seq)
+            else:
+                self._mids[info.mid] = self.seq
 
     def _on_publish(self, _client, _userdata, mid, _reason, _props) -> None:
         with self._lock:
             seq = self._mids.pop(mid, None)
-            if seq is not None:
+            if seq is None:
+                self._early.add(mid)
+            else:
                 self.accepted.add(seq)
 
     def stop(self) -> None:
