@@ -118,10 +118,7 @@ class ChaosRun:
         for name in ("ha_load", "mqtt_load", "ha_ledger", "mqtt_ledger"):
             part = getattr(self, name, None)
             if part is not None:
-                try:
-                    part.stop()
-                except Exception:
-                    pass
+                self._bounded(part.stop, name, timeout=10)
         for name in ("pipeline", "ha", "mosquitto", "influx"):
             server = getattr(self, name, None)
             if server is not None:
@@ -170,6 +167,8 @@ class ChaosRun:
         def call():
             try:
                 action()
+            except Exception as exc:       # a client that cannot stop cleanly: say so, go on
+                self.log(f"stopping {what}: {type(exc).__name__}: {exc}")
             finally:
                 done.set()
         threading.Thread(target=call, daemon=True).start()
@@ -274,7 +273,7 @@ def run_chaos(workdir: Path, profile: str | faults.Profile, seed: int, **kwargs)
     try:
         run.setup()
         report = run.execute()
+        (workdir / "report.json").write_text(json.dumps(report.as_dict(), indent=2, default=str))
     finally:
         run.teardown()
-    (workdir / "report.json").write_text(json.dumps(report.as_dict(), indent=2, default=str))
     return report
