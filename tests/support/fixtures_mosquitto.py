@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -280,9 +279,3 @@ def publisher_process(port: int, count: int, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, str(port), str(count), json.dumps(kwargs)],
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-def send_signal(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Signal a process this code started, by its pid."""
-    if proc.poll() is None:
-        os.kill(proc.pid, sig)
