@@ -384,7 +384,6 @@ class MqttCollector:
 
 def run(config, stop) -> int:
     """Entry point for ``ha-ingestor collect mqtt``: runs until ``stop`` is set; returns EXIT_OK.
-    Raises AuthError (refused credentials or client id), ConfigError, QueueError."""
-    if not config.mqtt.enabled:
-        raise ConfigError("mqtt.enabled is false: enable the MQTT collector in the config to run it")
+    Raises AuthError (refused credentials or client id), ConfigError, QueueError.
+    ``mqtt.enabled`` is for ``ha-ingestor run``; asked for explicitly, the collector runs."""
     return MqttCollector(config, stop).run()
