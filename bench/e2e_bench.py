@@ -10,9 +10,9 @@ Phases, in order:
   steady 100/s    50 HA state changes/s + 50 MQTT msgs/s
   steady 1000/s   200 HA state changes/s + 800 MQTT msgs/s
                   latency = fired (HA ``time_fired`` / MQTT publish) -> first seen by a query
-                  polling InfluxDB every 100 ms (probe events: 5/s through HA, 10/s through MQTT);
+                  polling InfluxDB every 100 ms (probe events: 10/s through HA, 20/s through MQTT);
                   CPU s per 1 000 events and RSS of every pipeline process from /proc
-  ramp            MQTT at 1 000, 2 000, 4 000, 8 000 msgs/s: the highest rate whose probe p99
+  ramp            MQTT at 1 000 ... 32 000 msgs/s (mosquitto_pub): the highest rate whose p99
                   stays <= 1.5 s and whose queue does not grow
   backlog         writer SIGSTOPped, 1 000 000 MQTT messages published and committed; queue bytes
                   per event; writer released; drain rate and peak RSS while draining
@@ -72,8 +72,8 @@ class Probes:
         self.seen: dict[tuple[str, int], float] = {}
         self.ledger = HALedger(ha.connect, prefix="bench_", on_event=self._on_ha_event)
         self.ledger.start()
-        self.ha_load = HALoad(ha.connect, [PROBE_ENTITY], 5, random.Random(1))
-        self.mqtt_load = MqttLoad(mqtt_port, [PROBE_TOPIC], 10, random.Random(2),
+        self.ha_load = HALoad(ha.connect, [PROBE_ENTITY], 10, random.Random(1))
+        self.mqtt_load = MqttLoad(mqtt_port, [PROBE_TOPIC], 20, random.Random(2),
                                   client_id="bench-probe", first_seq=10**9)
         self.stopped = threading.Event()
         threading.Thread(target=self._poll, daemon=True).start()
@@ -401,7 +401,8 @@ class Bench:
                 "cpu_s_per_1000_events": cpu, "rss_mb_max": self.procs.reset_rss(),
                 "backlog_at_end": backlog_end}
 
-    def ramp(self, rates=(1000, 2000, 4000, 8000), seconds: float = 15) -> dict:
+    def ramp(self, rates=(1000, 2000, 4000, 8000, 12000, 16000, 24000, 32000),
+             seconds: float = 15) -> dict:
         steps, best = [], None
         for rate in rates:
             r = self.steady(f"ramp-{rate}", 0, rate, seconds, pipe=True)
