@@ -281,6 +281,15 @@ def test_refused_client_id_exits_3(mosquitto_factory, ingestor, protocol):
     assert "authentication failed" in result.stderr.lower() and "client_id" in result.stderr
 
 
+def test_unusable_queue_file_exits_4_naming_it(mosquitto, ingestor):
+    ing = ingestor(collector_config(mosquitto.port))
+    ing.queue_dir.mkdir(parents=True, exist_ok=True)
+    (ing.queue_dir / "mqtt.db").write_bytes(b"this is not a SQLite file" * 100)
+    result = ing.run("collect", "mqtt", timeout=30)
+    assert result.returncode == 4, result.stderr
+    assert "mqtt.db" in result.stderr
+
+
 def test_invalid_topic_filter_exits_2_naming_the_key(mosquitto, ingestor):
     ing = ingestor(collector_config(mosquitto.port, exclude_topics=["home/+/x", "a/#/b"]))
     result = ing.run("collect", "mqtt", timeout=30)
