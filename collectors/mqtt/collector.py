@@ -319,7 +319,11 @@ class MqttCollector:
         """Runs inside paho's read/write/keepalive calls: record the state, nothing slow."""
         was_connected, self.connected = self.connected, False
         self._connected_gauge.set(0)
-        dropped = self.inbox.discard_unacked()
+        # Messages of this burst not yet in the inbox belong to the lost connection too: their
+        # packet ids must never be acknowledged on the next one (in place: _read_burst holds it).
+        unread = [item for item in self._rx if not item[1].qos]
+        dropped = len(self._rx) - len(unread) + self.inbox.discard_unacked()
+        self._rx[:] = unread
         if self.fatal is not None:   # refused for good: the main loop raises it
             return
         if self._pausing or (self.stop.is_set() and was_connected):
