@@ -41,7 +41,8 @@ TABLE = "ack_queue_default"          # persist-queue's table for name="default"
 STATUS_IN_FLIGHT = 2                 # persist-queue AckStatus.unack
 STATUS_ACKED = 5                     # persist-queue AckStatus.acked
 LOCK_TIMEOUT_S = 30.0                # SQLite busy timeout: wait this long for the other process
-CLEAR_ACKED_EVERY = 50               # delete acked rows after this many acks
+CLEAR_ACKED_EVERY = 50               # delete acked rows after this many acks...
+CLEAR_ACKED_AFTER_S = 1.0            # ...or this long after the last clearing, whichever first
 PAGE_SIZE = 65536                    # a 400 kB batch spans 7 pages, not 100: take/ack ~20% cheaper
 FULL_RECHECK_S = 0.5                 # how often the producer re-measures the file against max_bytes
 
@@ -272,6 +273,7 @@ class Consumer(_QueueFile):
         # identical points, the at-least-once contract. The producer's appends stay FULL.
         super().__init__(queue_dir, source, auto_resume=True, synchronous="NORMAL")
         self._acks = 0
+        self._cleared_at = time.monotonic()
 
     def take(self, max_events: int) -> list[Batch]:
         """Up to ``max_events`` events as whole items, oldest first; at least one item when any is
@@ -308,8 +310,11 @@ class Consumer(_QueueFile):
             return
         _retry_locked(lambda: self._ack_all(ids, rows), self.path, "acknowledge a batch")
         self._acks += len(ids)
-        if self._acks >= CLEAR_ACKED_EVERY:
-            self._acks = 0
+        now = time.monotonic()
+        if self._acks >= CLEAR_ACKED_EVERY or now - self._cleared_at >= CLEAR_ACKED_AFTER_S:
+            # by count for speed; by time so that a small file the producer finds full gets its
+            # space back soon even when few (large) items pass
+            self._acks, self._cleared_at = 0, now
             _retry_locked(lambda: self._q.clear_acked_data(max_delete=None, keep_latest=None),
                           self.path, "clear acknowledged rows")
 

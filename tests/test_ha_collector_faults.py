@@ -206,7 +206,7 @@ def test_other_event_types_and_subscription_list(ingestor, server):
 @pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
 def test_queue_full_drops_by_policy_counts_and_keeps_running(ingestor, server, policy):
     ing, proc = start_collector(ingestor, server, handoff_max_events=1000, full_policy=policy)
-    ing.write_config({"queue": {"max_bytes": "256KiB"}})
+    ing.write_config({"queue": {"max_bytes": "2MiB"}})
     stop_collector(ing, proc)
     proc = ing.start("collect", "ha", log="ha")
     server.wait_for_subscribers(1)

@@ -351,12 +351,12 @@ def test_tls_with_ca_file_and_without_verification(mosquitto_factory, ingestor, 
 def test_full_queue_pauses_without_loss_and_resumes_when_space_frees(mosquitto, ingestor):
     total = 6000
     ing = ingestor({**collector_config(mosquitto.port),
-                    "queue": {"max_bytes": "1MiB", "batch_events": 20}})
+                    "queue": {"max_bytes": "2MiB", "batch_events": 20}})
     proc = start_collector(ing)
     # The producer re-measures the file at most every 0.5 s: fill it, then keep publishing.
-    publish(mosquitto.port, total // 2, topic="full/{i}", payload_size=200)
+    publish(mosquitto.port, total // 2, topic="full/{i}", payload_size=800)
     time.sleep(1.0)
-    publish(mosquitto.port, total // 2, topic="full/{i}", payload_size=200, start=total // 2)
+    publish(mosquitto.port, total // 2, topic="full/{i}", payload_size=800, start=total // 2)
     wait_until(lambda: "queue full" in ing.log_path("mqtt").read_text(), 30, "queue full")
     time.sleep(1.0)
     assert proc.poll() is None
@@ -389,11 +389,11 @@ def test_qos0_flood_into_a_full_queue_pauses_the_session_cleanly_and_resumes(mos
     """QoS 0 has no flow control: the collector stops reading, then disconnects cleanly (no
     keepalive expiry, no reconnect while full) and comes back when the writer frees space."""
     ing = ingestor({**collector_config(mosquitto.port, qos=0, keepalive="4s"),
-                    "queue": {"max_bytes": "1MiB", "batch_events": 20}})
+                    "queue": {"max_bytes": "2MiB", "batch_events": 20}})
     proc = start_collector(ing)
-    publish(mosquitto.port, 5_000, topic="flood/{i}", qos=0, payload_size=100)
+    publish(mosquitto.port, 5_000, topic="flood/{i}", qos=0, payload_size=500)
     time.sleep(1.0)    # the producer re-measures the file at most every 0.5 s
-    publish(mosquitto.port, 20_000, topic="flood/{i}", qos=0, payload_size=100, start=5_000)
+    publish(mosquitto.port, 20_000, topic="flood/{i}", qos=0, payload_size=500, start=5_000)
     log_path = ing.log_path("mqtt")
     wait_until(lambda: "disconnecting from MQTT broker" in log_path.read_text(), 30,
                "paused session")

@@ -16,6 +16,7 @@ from ha_ingestor.config import values as v
 from ha_ingestor.errors import ConfigError
 
 COMPONENTS = ("mqtt", "ha", "writer")
+MIN_QUEUE_BYTES = 2 * 2**20      # an empty queue file alone holds about 600 kB of 64 KiB pages
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ TLS_KEYS = [
 
 QUEUE_KEYS = [
     Key("dir", v.as_path, "./data/queue", "Directory of the queue files (mqtt.db, ha.db)."),
-    Key("max_bytes", v.as_size, "2GiB", "Largest size of one queue file. When full the MQTT "
+    Key("max_bytes", _named("size", lambda key, value: v.as_size(key, value, MIN_QUEUE_BYTES)),
+        "2GiB", "Largest size of one queue file. When full the MQTT "
         "collector stops reading (the broker keeps the messages); the HA collector drops by "
         "homeassistant.full_policy and counts every drop."),
     Key("batch_events", _between(1, 100_000), 1000,
