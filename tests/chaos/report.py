@@ -25,6 +25,10 @@ def render(r: Report) -> str:
             detail = f"ERROR {o.error}; {detail}"
         rec = "-" if o.recovery_s is None else f"{o.recovery_s}"
         lines.append(f"  {o.kind:<18}{o.started_s:>8}{o.duration_s:>8}{rec:>10}  {detail}")
+    for who, counts in r.lost_by_fault.items():
+        if counts:
+            lines.append(f"{who} lost, by the fault they were fired during: " + ", ".join(
+                f"{label}: {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1])))
     lines += ["", "ledger: " + ", ".join(f"{k}={v}" for k, v in r.ledger.items()),
               "peak RSS (MB): " + ", ".join(f"{k} {v}" for k, v in sorted(r.peak_rss_mb.items())),
               f"settled {r.settle_s} s after the load stopped" if r.settle_s is not None

@@ -43,6 +43,7 @@ class Report:
     workdir: str = ""
     with_pipeline: bool = True
     lost_at_s: dict = field(default_factory=dict)      # a few lost events: seconds since load start
+    lost_by_fault: dict = field(default_factory=dict)  # pipeline -> {fault: lost events}
     duplicated_at_s: dict = field(default_factory=dict)
 
     @property
@@ -227,8 +228,33 @@ class ChaosRun:
         r.integration_ha = verify.compare(ha_fired, verify.ha_points(self.influx, HA_DB, since))
         r.ours_mqtt = verify.compare(mqtt_fired, verify.mqtt_points(
             self.influx, OURS_DB, since, self.mqtt_ledger.topic_of))
+        r.lost_by_fault = {"ha-ingestor HA": self._by_fault(r.ours_ha, self._ha_offset),
+                           "ha-ingestor MQTT": self._by_fault(r.ours_mqtt, self._mqtt_offset),
+                           "HA integration": self._by_fault(r.integration_ha, self._ha_offset)}
         r.lost_at_s = self._offsets("lost_samples")
         r.duplicated_at_s = self._offsets("duplicate_samples")
+
+    def _ha_offset(self, ident: int) -> float:
+        return ident / 1e6 - self.since_ns / 1e9
+
+    def _mqtt_offset(self, ident: int) -> float | None:
+        published = self.mqtt_load.published_at.get(ident)
+        return None if published is None else published - self.since_ns / 1e9
+
+    def _by_fault(self, col: verify.Column, offset) -> dict:
+        """How many of ``col``'s lost events were fired during each fault (from its start to 10 s
+        after it recovered), the rest under ``no fault``."""
+        out: dict[str, int] = {}
+        for _key, ident in getattr(col, "lost_ids", []):
+            at = offset(ident)
+            label = "no fault"
+            for o in self.report.outcomes:
+                end = o.started_s + o.duration_s + (o.recovery_s or 0) + 10
+                if at is not None and o.started_s - 1 <= at <= end:
+                    label = f"{o.kind} at {o.started_s} s"
+                    break
+            out[label] = out.get(label, 0) + 1
+        return out
 
     def _offsets(self, attr: str) -> dict:
         """When the sampled lost/duplicated events were fired, in seconds since load start, so

@@ -38,9 +38,12 @@ def compare(fired: dict[str, set], landed: dict[str, Counter]) -> Column:
     """``fired``: key (entity or topic) -> set of event ids; ``landed``: key -> Counter of ids
     found in InfluxDB (an id counted twice landed twice)."""
     col = Column()
+    col.lost_ids = []          # every lost (key, id): not in the JSON, for attributing to faults
     for key in sorted(set(fired) | set(landed)):
         want, got = fired.get(key, set()), landed.get(key, Counter())
-        lost = len(want - set(got))
+        missing = want - set(got)
+        col.lost_ids += [(key, i) for i in missing]
+        lost = len(missing)
         dups = sum(n - 1 for ident, n in got.items() if n > 1 and ident in want)
         col.fired += len(want)
         col.landed += len(want) - lost
