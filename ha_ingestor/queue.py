@@ -274,6 +274,7 @@ class Consumer(_QueueFile):
         super().__init__(queue_dir, source, auto_resume=True, synchronous="NORMAL")
         self._acks = 0
         self._cleared_at = time.monotonic()
+        self._cursor = 0                     # id of the last item taken (0: from the start)
 
     def take(self, max_events: int) -> list[Batch]:
         """Up to ``max_events`` events as whole items, oldest first; at least one item when any is
@@ -290,10 +291,14 @@ class Consumer(_QueueFile):
         return batches
 
     def _get_one(self) -> dict | None:
+        # Start after the last item taken: persist-queue keeps ``status`` as the row's last
+        # column, after the batch blob, so every row its query passes over (items in flight) costs
+        # a walk of that row's overflow pages. From the cursor on, only the row taken is read.
         try:
-            raw = self._q.get(block=False, raw=True)
+            raw = self._q.get(block=False, raw=True, id=self._cursor, next_in_order=True)
         except Empty:
             return None
+        self._cursor = raw["pqid"]
         # persist-queue keeps every taken item decoded in memory until it is acked; ack and nack
         # by id do not need that copy, and without it the writer can let events go once converted
         self._q._unack_cache.pop(raw["pqid"], None)
@@ -329,6 +334,7 @@ class Consumer(_QueueFile):
         """Give items back (ready again), e.g. on a graceful stop before they were written."""
         for item_id in item_ids:
             _retry_locked(lambda: self._q.nack(id=item_id), self.path, "return a batch")
+        self._cursor = 0                     # they are behind the cursor: look from the start
 
     def events_of(self, item_id: int) -> list[dict]:
         """The events of an item taken and not yet acked, read again from the file, so that the

@@ -122,3 +122,17 @@ def test_meta_is_committed_with_its_batch(tmp_path):
     assert reopened.get_meta("newest") == "2026-11-27T15:57:48.944094+00:00"
     batches = Consumer(tmp_path, "ha").take(10)
     assert [e["seq"] for b in batches for e in b.events] == [1]
+
+
+def test_items_given_back_are_taken_again_before_newer_ones(tmp_path):
+    producer = Producer(tmp_path, "mqtt", 2**40)
+    for batch in range(4):
+        producer.append([{"seq": batch}])
+    consumer = Consumer(tmp_path, "mqtt")
+    first = consumer.take(2)
+    consumer.nack([b.item_id for b in first])          # a graceful stop before the write
+    again = consumer.take(10)
+    assert [b.events[0]["seq"] for b in again] == [0, 1, 2, 3]
+    consumer.ack(b.item_id for b in again)
+    producer.append([{"seq": 4}])                      # appended after the consumer's cursor
+    assert [b.events[0]["seq"] for b in consumer.take(10)] == [4]
