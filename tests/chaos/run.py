@@ -242,17 +242,17 @@ class ChaosRun:
         return None if published is None else published - self.since_ns / 1e9
 
     def _by_fault(self, col: verify.Column, offset) -> dict:
-        """How many of ``col``'s lost events were fired during each fault (from its start to 10 s
-        after it recovered), the rest under ``no fault``."""
+        """How many of ``col``'s lost events were fired during each fault: after the start of the
+        latest fault that started before them, up to 10 s after it recovered; else ``no fault``."""
         out: dict[str, int] = {}
         for _key, ident in getattr(col, "lost_ids", []):
             at = offset(ident)
             label = "no fault"
-            for o in self.report.outcomes:
-                end = o.started_s + o.duration_s + (o.recovery_s or 0) + 10
-                if at is not None and o.started_s - 1 <= at <= end:
+            started = [o for o in self.report.outcomes if at is not None and o.started_s - 1 <= at]
+            if started:
+                o = max(started, key=lambda o: o.started_s)
+                if at <= o.started_s + o.duration_s + (o.recovery_s or 0) + 10:
                     label = f"{o.kind} at {o.started_s} s"
-                    break
             out[label] = out.get(label, 0) + 1
         return out
 
