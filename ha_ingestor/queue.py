@@ -44,6 +44,7 @@ LOCK_TIMEOUT_S = 30.0                # SQLite busy timeout: wait this long for t
 CLEAR_ACKED_EVERY = 50               # delete acked rows after this many acks...
 CLEAR_ACKED_AFTER_S = 1.0            # ...or this long after the last clearing, whichever first
 PAGE_SIZE = 65536                    # a 400 kB batch spans 7 pages, not 100: take/ack ~20% cheaper
+WAL_LIMIT_BYTES = 16 * 2**20         # the write-ahead log is truncated to this after a checkpoint
 FULL_RECHECK_S = 0.5                 # how often the producer re-measures the file against max_bytes
 
 _DEAD_INSERT = "INSERT INTO dead_letters (event, reason, at) VALUES (?, ?, ?)"
@@ -147,6 +148,7 @@ def _connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")     # a new file only; before WAL is set
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
     conn.execute("CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT,"
                  " event TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)")
     conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -167,6 +169,7 @@ def _open(queue_dir: Path | str, source: str, auto_resume: bool, synchronous: st
                                serializer=_Json, multithreading=True, timeout=LOCK_TIMEOUT_S)
         for c in {queue._getter, queue._putter}:
             c.execute(f"PRAGMA synchronous={synchronous}")
+            c.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         return queue, conn
 
     queue, conn = _retry_locked(open_both, path, "open the queue")
