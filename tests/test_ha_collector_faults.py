@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.support.fixtures_homeassistant import (collector_overrides, metric, scrape,
-                                                  state_changes, state_key)
+                                                  state_changes, state_key, wait_for_keys)
 from tests.support.ha_test_server import HATestServer
 from tests.support.procs import tail, wait_until
 
@@ -37,23 +37,6 @@ def metrics_port(ing) -> int:
 def stop_collector(ing, proc) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, tail(ing.log_path("ha"))
-
-
-def wait_for_keys(ing, wanted: set, timeout: float = 60) -> list[dict]:
-    """Wait until every (entity_id, time_fired) in ``wanted`` is in the queue."""
-    envelopes: list[dict] = []
-
-    def arrived() -> bool:
-        nonlocal envelopes
-        envelopes = ing.read_all("ha")
-        return wanted <= {state_key(e) for e in state_changes(envelopes)}
-    try:
-        wait_until(arrived, timeout, "state changes in the queue", interval=0.5)
-    except TimeoutError:
-        missing = wanted - {state_key(e) for e in state_changes(envelopes)}
-        pytest.fail(f"{len(missing)} of {len(wanted)} state changes missing, e.g. "
-                    f"{sorted(missing)[:3]}\n{tail(ing.log_path('ha'))}")
-    return envelopes
 
 
 def assert_each_change_once(envelopes: list[dict]) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pytest
 
 from tests.support.fixtures_homeassistant import (collector_overrides, state_changes,
-                                                  state_key)
+                                                  state_key, wait_for_keys)
 from tests.support.procs import kill_process, tail, wait_until
 from tests.support.real_ha import CONFIG_ENTITIES, EventRecorder, change_calls, drive
 
@@ -45,21 +45,8 @@ def wait_for_resyncs(ing, count: int, timeout: float = 60) -> None:
 
 def wait_for_events(ing, reference: list[dict], timeout: float = 60) -> list[dict]:
     """Wait until every state change of ``reference`` is in the queue; returns the queue."""
-    wanted = {(e["data"]["entity_id"], e["time_fired"]) for e in reference
-              if e["event_type"] == "state_changed"}
-    envelopes: list[dict] = []
-
-    def arrived() -> bool:
-        nonlocal envelopes
-        envelopes = ing.read_all("ha")
-        return wanted <= {state_key(e) for e in state_changes(envelopes)}
-    try:
-        wait_until(arrived, timeout, "every state change in the queue", interval=0.5)
-    except TimeoutError:
-        missing = wanted - {state_key(e) for e in state_changes(envelopes)}
-        pytest.fail(f"{len(missing)} of {len(wanted)} state changes missing, e.g. "
-                    f"{sorted(missing)[:3]}\n{tail(ing.log_path('ha'))}")
-    return envelopes
+    return wait_for_keys(ing, {(e["data"]["entity_id"], e["time_fired"]) for e in reference
+                               if e["event_type"] == "state_changed"}, timeout)
 
 
 def test_2000_state_changes_then_ha_restart(ingestor, real_ha):

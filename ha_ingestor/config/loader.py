@@ -4,7 +4,6 @@ afterwards, once, in ``model``."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Mapping

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import in_ci
+from tests.support.procs import in_ci, tail, wait_until
 from tests.support.real_ha import HAStartError, HomeAssistantServer, ensure_ha_venv
 
 
@@ -102,3 +102,20 @@ def state_changes(envelopes: list[dict], kind: str | None = None) -> list[dict]:
     return [e for e in envelopes if e.get("src") == "ha"
             and e["event"].get("event_type") == "state_changed"
             and (kind is None or e["kind"] == kind)]
+
+
+def wait_for_keys(ing, wanted: set, timeout: float = 60) -> list[dict]:
+    """Wait until every (entity_id, time_fired) in ``wanted`` is in the queue."""
+    envelopes: list[dict] = []
+
+    def arrived() -> bool:
+        nonlocal envelopes
+        envelopes = ing.read_all("ha")
+        return wanted <= {state_key(e) for e in state_changes(envelopes)}
+    try:
+        wait_until(arrived, timeout, "state changes in the queue", interval=0.5)
+    except TimeoutError:
+        missing = wanted - {state_key(e) for e in state_changes(envelopes)}
+        pytest.fail(f"{len(missing)} of {len(wanted)} state changes missing, e.g. "
+                    f"{sorted(missing)[:3]}\n{tail(ing.log_path('ha'))}")
+    return envelopes
