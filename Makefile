@@ -7,11 +7,13 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv test demo chaos bench clean
+.PHONY: help system-deps venv test images addon demo chaos bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
 	@echo "make test    - the test suite (installs what is missing)"
+	@echo "make images  - build and run the product and add-on images with podman (root)"
+	@echo "make addon   - put the ha-ingestor wheel into the add-on folder, to install it locally"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
 
@@ -28,6 +30,16 @@ venv: $(VENV)/.installed
 
 test: system-deps venv
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# The image tests are part of `make test` where podman is installed (CI installs it); this target
+# installs podman, runc and debootstrap and runs only them.
+images: venv
+	@scripts/install-system-deps.sh --images
+	$(PY) -m pytest -q -ra tests/test_images.py $(PYTEST_ARGS)
+
+addon: venv
+	rm -f deploy/homeassistant-addon/ha-ingestor/wheels/*.whl
+	$(PIP) wheel --quiet --no-deps --wheel-dir deploy/homeassistant-addon/ha-ingestor/wheels .
 
 demo: system-deps venv
 	$(PY) scripts/demo.py $(ARGS)

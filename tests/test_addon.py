@@ -29,9 +29,8 @@ from ha_ingestor.config import load_config
 from ha_ingestor.config.model import METRICS_PORTS, RUN_KEYS
 from ha_ingestor.config.values import as_duration
 from tests.support import supervisor_rules as rules
-from tests.support.fixtures_mosquitto import publish
+from tests.support.pipeline_check import DB, expect_events_land
 from tests.support.procs import free_port, start_process, stop_process, tail, wait_until
-from tests.support.real_ha import EventRecorder, change_calls, drive
 from tests.support.supervisor_standin import SupervisorStandIn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,29 +245,12 @@ def test_the_mqtt_service_and_the_mqtt_host_option_become_the_broker():
 
 # ---- the whole pipeline through the stand-in -----------------------------------------------------
 
-def influx_state_points(influxdb, db: str) -> set[tuple[str, str, int]]:
-    """(domain, object id, time ns) of every point with HA's domain/entity_id tags."""
-    result = influxdb._raw_query("SELECT * FROM /.*/ GROUP BY *", db)
-    found = set()
-    for series in result["results"][0].get("series", []):
-        tags = series.get("tags") or {}
-        if "domain" in tags and "entity_id" in tags:
-            found |= {(tags["domain"], tags["entity_id"], row[0]) for row in series["values"]}
-    return found
-
-
-def mqtt_points(influxdb, db: str, prefix: str) -> int:
-    return sum(count for (measurement, tags), count in influxdb.series_counts(db).items()
-               if measurement == "mqtt" and dict(tags).get("topic", "").startswith(prefix))
-
-
 @pytest.mark.realha
 @pytest.mark.timeout(400)
 def test_the_entrypoint_runs_the_pipeline_through_the_supervisor(tmp_path, real_ha,
                                                                  mosquitto_factory, influxdb):
-    from writer.schema_ha import time_to_ns
     broker = mosquitto_factory(users={MQTT_USER: MQTT_PASSWORD})
-    influxdb.create_database("home_assistant")      # as the InfluxDB add-on's users do
+    influxdb.create_database(DB)                     # as the InfluxDB add-on's users do
     # The port as a string, as the Supervisor's API documentation shows it.
     standin = SupervisorStandIn(ha_url=real_ha.url, ha_token=real_ha.token,
                                 addon_token=ADDON_TOKEN,
@@ -276,46 +258,22 @@ def test_the_entrypoint_runs_the_pipeline_through_the_supervisor(tmp_path, real_
                                       "username": MQTT_USER, "password": MQTT_PASSWORD}).start()
     data = tmp_path / "data"
     data.mkdir()
-    options = default_options(**{"influxdb.url": influxdb.url,
+    options = default_options(**{"influxdb.url": influxdb.url, "influxdb.database": DB,
                                  "exclude.domains": ["automation"]})
     (data / "options.json").write_text(json.dumps(options))
     log = tmp_path / "addon.log"
     proc = start_process([sys.executable, str(ENTRYPOINT)], log,
                          env=addon_env(data, standin.url), cwd=tmp_path)
-    recorder = None
     try:
         wait_until(lambda: standin.seen.ws_sessions >= 1 and (data / "queue" / "ha.db").exists()
                    or proc.poll() is not None, 90, "the HA collector through the stand-in")
         assert proc.poll() is None, tail(log)
-        recorder = EventRecorder(real_ha)
-        with real_ha.client() as client:
-            drive(client, change_calls(24), window=4)
-        published = publish(broker.port, 50, topic="addon-test/sensor/{i}", qos=1,
-                            username=MQTT_USER, password=MQTT_PASSWORD)
-        assert len(published.acked) == 50
-        time.sleep(2)
-        changes = recorder.stop()
-        recorder = None
-        wanted = {(e["data"]["entity_id"].split(".")[0], e["data"]["entity_id"].split(".")[1],
-                   time_to_ns(e["time_fired"])) for e in changes
-                  if e["event_type"] == "state_changed" and
-                  not e["data"]["entity_id"].startswith("automation.")}
-        assert len(wanted) >= 24
-        try:
-            wait_until(lambda: wanted <= influx_state_points(influxdb, "home_assistant")
-                       and mqtt_points(influxdb, "home_assistant", "addon-test/") == 50,
-                       120, "HA state changes and MQTT messages in InfluxDB", interval=1)
-        except TimeoutError:
-            missing = wanted - influx_state_points(influxdb, "home_assistant")
-            pytest.fail(f"{len(missing)} of {len(wanted)} state changes missing, MQTT points "
-                        f"{mqtt_points(influxdb, 'home_assistant', 'addon-test/')}/50\n"
-                        f"{tail(log, 80)}")
-        stored = influx_state_points(influxdb, "home_assistant")
+        stored = expect_events_land(real_ha, broker.port, influxdb, lambda: tail(log, 80),
+                                    "addon-test/", username=MQTT_USER, password=MQTT_PASSWORD,
+                                    skip_domains=("automation",))
         assert not [p for p in stored if p[0] == "automation"], "exclude.domains ignored"
         assert stop_process(proc, timeout=60) == 0, tail(log, 80)
     finally:
-        if recorder is not None:
-            recorder.stop()
         stop_process(proc, timeout=60)
         standin.stop()
     text = log.read_text()
