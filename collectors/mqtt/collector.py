@@ -298,40 +298,17 @@ class MqttCollector:
         self._ever_connected = True
         self._outage_logged = False
         self._failed_attempts = 0
-        self._subscribe(client, self.subscriptions.on_connack(flags.session_present))
-
-    def _subscribe(self, client, plan: subscriptions.Plan) -> None:
-        """Send what the plan says; with nothing to send the session already holds it all."""
-        subs = self.subscriptions
-        if plan.subscribe:
-            _rc, mid = client.subscribe(session.subscribe_args(plan.subscribe, self.qos,
-                                                               self._v5))
-            subs.sent(mid, "subscribe", plan.subscribe)
-        if plan.unsubscribe:
-            _rc, mid = client.unsubscribe(list(plan.unsubscribe))
-            subs.sent(mid, "unsubscribe", plan.unsubscribe)
-        if not subs.waiting:
-            subs.confirm()
-            log.info("subscribed to %s at QoS %d (held by the broker's session: nothing sent, "
-                     "no retained message sent again)", ", ".join(subs.wanted), self.qos)
+        self.subscriptions.send(client, self.subscriptions.on_connack(flags.session_present))
 
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties) -> None:
-        _kind, topics = self.subscriptions.waiting.get(mid, ("subscribe", ()))
-        refused = session.suback_refusals(list(topics), reason_codes)
+        refused = self.subscriptions.on_suback(mid, reason_codes)
         if refused:
             self.fatal = AuthError(f"MQTT broker {self.where} refused the subscription to "
                                    f"{', '.join(refused)}: not authorised for these topics "
                                    f"(check the broker's ACL for mqtt.username)")
-            return
-        self.subscriptions.acknowledged(mid)
-        log.info("subscribed to %s at QoS %d%s", ", ".join(topics), self.qos,
-                 " (Retain Handling 1: retained messages only for a subscription the session "
-                 "did not hold)" if self._v5 else "")
 
     def _on_unsubscribe(self, _client, _userdata, mid, _reason_codes, _properties) -> None:
-        _kind, topics = self.subscriptions.waiting.get(mid, ("unsubscribe", ()))
-        self.subscriptions.acknowledged(mid)
-        log.info("unsubscribed from %s (no longer in mqtt.topics)", ", ".join(topics))
+        self.subscriptions.on_unsuback(mid)
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         """Runs inside paho's read/write/keepalive calls: record the state, nothing slow."""

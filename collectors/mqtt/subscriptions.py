@@ -30,9 +30,14 @@ subscribes everything again.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Callable
+
+from collectors.mqtt import session
+
+log = logging.getLogger("collectors.mqtt")
 
 META_KEY = "mqtt.subscriptions"
 
@@ -88,6 +93,7 @@ class Subscriptions:
         self._writing: threading.Event | None = None
         self._at_connect: Record | None = None
         self.waiting: dict[int, tuple[str, tuple[str, ...]]] = {}   # mid -> (kind, filters)
+        self._subscribing = False
 
     def ready_to_connect(self) -> bool:
         """True once the record is durably unconfirmed; otherwise starts that write (call again).
@@ -119,6 +125,44 @@ class Subscriptions:
                 known.qos == self.qos:
             return Plan(tuple(f for f in self.wanted if f not in known.held), leftover)
         return Plan(self.wanted, leftover)
+
+    # --- on the wire (paho calls, from the network thread) ------------------------------------
+
+    def send(self, client, plan: Plan) -> None:
+        """Send what the plan says; with nothing to send the session holds it all already."""
+        self._subscribing = bool(plan.subscribe)
+        if plan.subscribe:
+            _rc, mid = client.subscribe(session.subscribe_args(plan.subscribe, self.qos,
+                                                               self.v5))
+            self.sent(mid, "subscribe", plan.subscribe)
+        if plan.unsubscribe:
+            _rc, mid = client.unsubscribe(list(plan.unsubscribe))
+            self.sent(mid, "unsubscribe", plan.unsubscribe)
+        if not self.waiting:
+            self.confirm()
+            log.info("subscribed to %s at QoS %d (held by the broker's session: nothing sent, "
+                     "no retained message sent again)", ", ".join(self.wanted), self.qos)
+
+    def on_suback(self, mid: int, reason_codes) -> list[str]:
+        """The filters the broker refused ("topic (reason)"); none: acknowledged."""
+        _kind, filters = self.waiting.get(mid, ("subscribe", ()))
+        refused = session.suback_refusals(list(filters), reason_codes)
+        if not refused:
+            self.acknowledged(mid)
+            log.info("subscribed to %s at QoS %d%s", ", ".join(filters), self.qos,
+                     " (Retain Handling 1: retained messages only for a subscription the "
+                     "session did not hold)" if self.v5 else "")
+        return refused
+
+    def on_unsuback(self, mid: int) -> None:
+        _kind, filters = self.waiting.get(mid, ("unsubscribe", ()))
+        self.acknowledged(mid)
+        log.info("unsubscribed from %s (no longer in mqtt.topics)", ", ".join(filters))
+        if not self.waiting and not self._subscribing:
+            log.info("subscribed to %s at QoS %d (held by the broker's session)",
+                     ", ".join(self.wanted), self.qos)
+
+    # --- state ---------------------------------------------------------------------------------
 
     def sent(self, mid: int, kind: str, filters: tuple[str, ...]) -> None:
         self.waiting[mid] = (kind, filters)
