@@ -50,6 +50,7 @@ FULL_RECHECK_S = 0.5                 # how often the producer re-measures the fi
 _DEAD_INSERT = "INSERT INTO dead_letters (event, reason, at) VALUES (?, ?, ?)"
 _META_UPSERT = ("INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+_META_DELETE = "DELETE FROM meta WHERE key = ?"
 _COUNT_PREFIX = re.compile(rb'\{"n":(\d+)')
 T = TypeVar("T")
 
@@ -204,6 +205,18 @@ class _QueueFile:
         _retry_locked(lambda: self._db.execute(_META_UPSERT, (key, str(value))),
                       self.path, "write meta")
 
+    def meta_items(self, prefix: str) -> dict[str, str]:
+        """Every meta key/value whose key starts with ``prefix`` (a range scan of the key index:
+        keys sort by their UTF-8 bytes, so the keys with the prefix lie between the prefix and
+        the prefix with its last character raised by one)."""
+        if not prefix:
+            raise ValueError("meta_items needs a non-empty prefix")
+        above = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = _retry_locked(lambda: self._db.execute(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ?", (prefix, above)).fetchall(),
+            self.path, "read meta")
+        return dict(rows)
+
     def status(self) -> QueueStatus:
         return _retry_locked(lambda: _status(self._db, self.path), self.path, "count events")
 
@@ -230,12 +243,13 @@ class Producer(_QueueFile):
         self._full = False
         self._checked_at = 0.0
 
-    def append(self, events: list[dict], meta: dict[str, str] | None = None) -> int:
+    def append(self, events: list[dict], meta: dict[str, str | None] | None = None) -> int:
         """Store ``events`` as one item in one durable commit. Returns the item id.
 
         ``meta`` key/values are written in the same transaction as the item, so they are durable
         exactly when the batch is (the HA collector's newest ``time_fired``, the MQTT collector's
-        fingerprints of the batch it has not acknowledged to the broker yet).
+        fingerprints of the batch it has not acknowledged to the broker yet, and what it stored
+        last on each topic with retained messages). A value of None deletes the key.
 
         Raises QueueFull (nothing written) when the file is at ``max_bytes`` or the disk is full."""
         if not events:
@@ -247,14 +261,16 @@ class Producer(_QueueFile):
             return _retry_locked(lambda: self._q.put(item), self.path, "append a batch")
         return _retry_locked(lambda: self._put_with_meta(item, meta), self.path, "append a batch")
 
-    def _put_with_meta(self, item: dict, meta: dict[str, str]) -> int:
+    def _put_with_meta(self, item: dict, meta: dict[str, str | None]) -> int:
         """persist-queue's own insert (same table, same initial status) plus the meta upserts, in
         one transaction on its connection."""
         blob = _Json.dumps(item)
         with self._q.tran_lock, self._q._putter as conn:
             cursor = conn.execute(f"INSERT INTO {TABLE} (data, timestamp, status) "
                                   f"VALUES (?, ?, 0)", (blob, time.time()))
-            conn.executemany(_META_UPSERT, [(k, str(v)) for k, v in meta.items()])
+            conn.executemany(_META_UPSERT, [(k, str(v)) for k, v in meta.items()
+                                            if v is not None])
+            conn.executemany(_META_DELETE, [(k,) for k, v in meta.items() if v is None])
             return cursor.lastrowid
 
     def is_full(self) -> bool:

@@ -44,6 +44,8 @@ from tests.support.procs import free_port, start_process, tail
 HA_VERSION = "2024.3.3"
 HA_PINS = (f"homeassistant=={HA_VERSION}", "josepy==1.14.0")
 READY_MARKER = ".ha-ingestor-ready"
+# Raised when the requirement listing below changes, so that existing venvs are completed.
+REQUIREMENTS_REVISION = 2
 
 # Integrations whose requirements are installed with the venv: those the test config uses, plus
 # those other tests add through extra_yaml (HA's own influxdb integration, MQTT statestream).
@@ -56,7 +58,9 @@ OWNER = {"name": "Test Owner", "username": "owner", "password": "ha-ingestor-tes
 
 # Run inside HA's own interpreter: the requirements of the integrations HA will set up for the
 # given domains (plus HA's always-loaded ones), closed over manifest dependencies, that are not
-# installed yet. Mirrors what HA itself would pip-install on a first start.
+# installed yet. Mirrors what HA itself would pip-install on a first start. An MQTT config entry
+# also sets up every entity platform MQTT discovery can create (camera, image, ...): theirs too,
+# or HA tries to pip-install them when the entry is created.
 _MISSING_REQUIREMENTS_SCRIPT = r"""
 import json, sys, pathlib
 import homeassistant, homeassistant.bootstrap as bootstrap
@@ -70,6 +74,9 @@ while todo:
     if domain in seen or not manifest.exists():
         continue
     seen.add(domain)
+    if domain == "mqtt":
+        from homeassistant.components.mqtt.const import PLATFORMS
+        todo.update(str(platform) for platform in PLATFORMS)
     data = json.loads(manifest.read_text())
     todo.update(data.get("dependencies", []))
     reqs.extend(r for r in data.get("requirements", []) if r not in reqs)
@@ -103,7 +110,8 @@ def ensure_ha_venv(extra_domains: tuple[str, ...] = ()) -> Path:
         if not _has_homeassistant(venv):
             _create_venv(venv)
         _install_missing_requirements(venv, domains)
-        marker.write_text(json.dumps({"version": HA_VERSION, "domains": list(domains)}))
+        marker.write_text(json.dumps({"version": HA_VERSION, "domains": list(domains),
+                                      "revision": REQUIREMENTS_REVISION}))
     return venv
 
 
@@ -112,7 +120,8 @@ def _marker_covers(marker: Path, domains: tuple[str, ...]) -> bool:
         data = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return data.get("version") == HA_VERSION and set(domains) <= set(data.get("domains", ()))
+    return data.get("version") == HA_VERSION and set(domains) <= set(data.get("domains", ())) \
+        and data.get("revision") == REQUIREMENTS_REVISION
 
 
 @contextlib.contextmanager
