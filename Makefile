@@ -7,13 +7,14 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv test demo chaos bench clean
+.PHONY: help system-deps venv ha-venvs test demo chaos bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
 	@echo "make test    - the test suite (installs what is missing)"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
+	@echo "make ha-venvs - install the Home Assistant venvs now (the tests do on first use)"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -25,6 +26,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Every tested Home Assistant release in its own venv under ~/.cache/ha-ingestor (timed).
+ha-venvs: venv
+	$(PY) -m tests.support.ha_venv
 
 test: system-deps venv
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
