@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from collectors.homeassistant.committer import epoch
 from tests.support.fixtures_homeassistant import (collector_overrides, state_changes,
                                                   state_key, wait_for_keys)
 from tests.support.procs import kill_process, tail, wait_until
@@ -166,10 +167,13 @@ def test_sigkill_while_ha_keeps_changing_states(ingestor, real_ha):
         if envelope["kind"] == "resync":
             resync[envelope["event"]["data"]["entity_id"]] = envelope["event"]
     assert set(current) <= set(resync)
-    latest = {}
+    latest: dict[str, dict] = {}   # the newest state per entity by time, as InfluxDB keeps it
     for envelope in state_changes(envelopes):
-        latest[envelope["event"]["data"]["entity_id"]] = envelope["event"]["data"]["new_state"]
-    for entity_id, state in current.items():   # the queue ends with HA's current state
+        state = envelope["event"]["data"]["new_state"]
+        known = latest.get(state["entity_id"])
+        if known is None or epoch(state["last_updated"]) >= epoch(known["last_updated"]):
+            latest[state["entity_id"]] = state
+    for entity_id, state in current.items():   # the newest state in the queue is HA's current
         assert latest[entity_id]["state"] == state["state"], entity_id
         assert latest[entity_id]["last_updated"] == state["last_updated"], entity_id
     proc.send_signal(signal.SIGTERM)
