@@ -15,6 +15,7 @@ Outside CI a machine that cannot install HA skips the real-HA tests; under CI=tr
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,25 @@ def ha_venv_or_skip(version: str, extra_domains: tuple[str, ...] = ()) -> Path:
         if in_ci():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+def pytest_collection_finish(session) -> None:
+    """Install every release's venv before the first real-HA test, not inside one: a first
+    install takes minutes (more than a test's timeout on a busy machine). A failure is left for
+    the tests, which skip or (under CI) fail with its message."""
+    if session.config.option.collectonly or not any(
+            item.get_closest_marker("realha") for item in session.items):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for version in HA_VERSIONS:
+        began = time.monotonic()
+        try:
+            venv = ensure_ha_venv(version=version)
+        except HAInstallError:
+            continue
+        if reporter is not None:
+            reporter.write_line(f"Home Assistant {version}: {venv} "
+                                f"(ready in {time.monotonic() - began:.0f} s)")
 
 
 @pytest.fixture(scope="session", params=HA_VERSIONS, ids=[f"ha{v}" for v in HA_VERSIONS])
