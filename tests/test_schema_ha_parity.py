@@ -36,7 +36,7 @@ from homeassistant.util import dt as dt_util
 from influxdb.line_protocol import make_lines
 
 cases = json.load(sys.stdin)
-# HA 2024.4 replaced Event(time_fired=datetime) by Event(time_fired_timestamp=float).
+# 2024.3.3 builds Event(time_fired=datetime), 2025.4.4 Event(time_fired_timestamp=float).
 takes_timestamp = "time_fired_timestamp" in inspect.signature(Event).parameters
 out = []
 for options in cases["configs"]:
