@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv test images addon demo chaos bench clean
+.PHONY: help system-deps venv ha-venvs test images addon demo chaos bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
@@ -16,6 +16,7 @@ help:
 	@echo "make addon   - put the ha-ingestor wheel into the add-on folder, to install it locally"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
+	@echo "make ha-venvs - install the Home Assistant venvs now (the tests do on first use)"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -27,6 +28,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Every tested Home Assistant release in its own venv under ~/.cache/ha-ingestor (timed).
+ha-venvs: venv
+	$(PY) -m tests.support.ha_venv
 
 test: system-deps venv
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

@@ -163,6 +163,18 @@ def _url(*schemes):
     return url
 
 
+def _event_types(key, value):
+    """HA fires ``state_reported`` (a state written again unchanged, since HA 2024.4) only to its
+    own listeners that bring a filter: HA 2025.4.4 refuses a WebSocket subscription to it
+    (``home_assistant_error``), and 2024.3.3 never fires it."""
+    types = v.as_str_list(key, value)
+    if "state_reported" in types:
+        raise ConfigError(f"{key}: 'state_reported' cannot be subscribed over Home Assistant's "
+                          f"WebSocket API (HA fires it only to its own filtered listeners); "
+                          f"a state written again unchanged reaches no client")
+    return types
+
+
 def _duration_min(minimum):
     return _named("duration", lambda key, value: v.as_duration(key, value, minimum))
 
@@ -213,7 +225,8 @@ HA_KEYS = [
         "Home Assistant WebSocket API URL."),
     Key("token", v.as_opt_str, None, "Long-lived access token of an administrator "
         "(or `token_file`).", secret=True),
-    Key("event_types", v.as_str_list, [], "Event types to subscribe to; empty means all."),
+    Key("event_types", _event_types, [], "Event types to subscribe to; empty means all "
+        "(`state_reported` cannot be subscribed over HA's WebSocket API)."),
     Key("connect_timeout", _duration_min(0.1), "10s", "Timeout of one connection attempt."),
     Key("ping_interval", _duration_min(1), "10s", "Interval of WebSocket pings."),
     Key("ping_timeout", _duration_min(1), "10s", "A missing pong after this long means HA is "

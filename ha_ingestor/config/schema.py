@@ -154,22 +154,23 @@ def _no_unknown(key: str, raw: dict, known: tuple[str, ...], hint: str = "") -> 
 
 # ---- state_changed ------------------------------------------------------------------------------
 
-_STATE_KEYS = ("enabled", "include", "exclude", "measurement_attr", "default_measurement",
-               "override_measurement", "tags", "tags_attributes", "ignore_attributes",
-               "component_config", "component_config_domain", "component_config_glob",
-               "datetime_attributes")
-_CONNECTION_KEYS = ("host", "port", "path", "ssl", "verify_ssl", "ssl_ca_cert", "api_version",
-                    "username", "password", "database", "token", "organization", "bucket",
-                    "precision", "max_retries")
+STATE_CHANGED_KEYS = ("enabled", "include", "exclude", "measurement_attr",
+                      "default_measurement", "override_measurement", "tags", "tags_attributes",
+                      "ignore_attributes", "component_config", "component_config_domain",
+                      "component_config_glob", "datetime_attributes")
+# HA's influxdb: connection options (refused in schema.state_changed with a pointer to influxdb:).
+CONNECTION_KEYS = ("host", "port", "path", "ssl", "verify_ssl", "ssl_ca_cert", "api_version",
+                   "username", "password", "database", "token", "organization", "bucket",
+                   "precision", "max_retries")
 
 
 def _state_changed(key: str, raw: Any) -> StateChangedSchema:
     raw = as_mapping(key, raw)
-    connection = [k for k in raw if k in _CONNECTION_KEYS]
+    connection = [k for k in raw if k in CONNECTION_KEYS]
     if connection:
         raise ConfigError(f"{key}.{connection[0]}: connection settings belong in the influxdb: "
                           f"section, not in {key}")
-    _no_unknown(key, raw, _STATE_KEYS)
+    _no_unknown(key, raw, STATE_CHANGED_KEYS)
     defaults = StateChangedSchema()
     return StateChangedSchema(
         enabled=as_bool(f"{key}.enabled", raw.get("enabled", True)),
