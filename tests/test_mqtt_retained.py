@@ -263,7 +263,7 @@ def _number(value) -> str:
     return "" if value is None else str(value)
 
 
-# --- mqtt_statestream from a real Home Assistant 2024.3.3 ---------------------------------------
+# --- mqtt_statestream from a real Home Assistant (every tested release) --------------------------
 
 STATESTREAM = """
 mqtt_statestream:
