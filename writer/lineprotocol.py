@@ -29,7 +29,11 @@ from writer import names
 
 _MAX_CACHED = 100_000
 _EXACT_NAME = str.maketrans({" ": "\\ ", ",": "\\,", "=": "\\="})
+# field keys also escape '"' (InfluxDB unescapes it there; VictoriaMetrics misreads the value of
+# a key with a bare quote)
+_EXACT_KEY = str.maketrans({" ": "\\ ", ",": "\\,", "=": "\\=", '"': '\\"'})
 _EXACT_SPECIAL = frozenset(" ,=")
+_EXACT_KEY_SPECIAL = frozenset(' ,="')
 _HA_NAME = str.maketrans({"\\": "\\\\", " ": "\\ ", ",": "\\,", "=": "\\=", "\n": "\\n"})
 _HA_SPECIAL = frozenset("\\ ,=\n")
 _EXACT_STRING = str.maketrans({"\\": "\\\\", '"': '\\"'})
@@ -51,12 +55,8 @@ def _refuse_exact(name: str, what: str) -> None:
                               "a name", "name")
 
 
-def _exact(name: str, quote_after_backslash: bool) -> str:
-    if not _EXACT_SPECIAL.isdisjoint(name):
-        name = name.translate(_EXACT_NAME)
-    if quote_after_backslash and '\\"' in name:
-        name = name.replace('\\"', '\\\\"')     # InfluxDB would read \" as an escaped quote
-    return name
+def _exact(name: str) -> str:
+    return name.translate(_EXACT_NAME) if not _EXACT_SPECIAL.isdisjoint(name) else name
 
 
 def _ha(name: str) -> str:
@@ -75,14 +75,14 @@ def _refuse_unreadable(name: str) -> None:
 def _exact_measurement(name: str) -> str:
     _refuse_exact(name, "measurement")
     _refuse_unreadable(name)
-    return _exact(names.stored_measurement[name], True)
+    return _exact(names.stored_measurement[name])
 
 
 def _exact_tag(name: str) -> str:
     if "\n" in name:
         raise ConversionError(f"tag value {name[:200]!r} holds a newline: InfluxDB cannot store "
                               "it in a name", "name")
-    return _exact(names.stored_name(name), False)
+    return _exact(names.stored_name(name))
 
 
 def _exact_field_key(key: str) -> str:
@@ -91,7 +91,7 @@ def _exact_field_key(key: str) -> str:
     if "\\" in key and _ODD_BACKSLASHES_BEFORE_SEPARATOR.search(key):
         raise ConversionError(f"field name {key[:200]!r} has a backslash before a space, ',' or "
                               "'=': InfluxDB cannot store it", "name")
-    return _exact(key, True)
+    return key.translate(_EXACT_KEY) if not _EXACT_KEY_SPECIAL.isdisjoint(key) else key
 
 
 # ---- HA -----------------------------------------------------------------------------------------
