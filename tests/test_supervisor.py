@@ -476,6 +476,41 @@ def test_sigterm_under_load_exits_0_and_a_restart_loses_and_doubles_nothing(
     # point per entity and time_fired, so HA copies (backfill, resync) cannot double anything
 
 
+def test_a_sigstopped_writer_fails_healthz_and_is_replaced_losing_and_doubling_nothing(
+        product, mosquitto, influxdb, ha_test_server):
+    """A stopped (or stuck) writer holds its batch and answers nothing; ha-ingestor run notices
+    within run.stall_timeout that it stopped ticking, kills it and starts another."""
+    ing = product
+    ing.write_config({"run": {"stall_timeout": "5s"}})
+    run = start_run(ing)
+    health = f"http://127.0.0.1:{ing.config['metrics']['ports']['writer']}/healthz"
+    flow = MqttFlow(mosquitto.port, rate=200)
+    ha_test_server.set_rate(50)
+    try:
+        time.sleep(2)
+        assert http_get(health)[0] == 200
+        stopped = child_pids(run.pid)["writer"]
+        os.kill(stopped, signal.SIGSTOP)
+        began = time.monotonic()
+        assert http_get(health)[0] != 200                 # no answer from a stopped process
+        wait_until(lambda: child_pids(run.pid).get("writer", stopped) != stopped, 15,
+                   "the stopped writer replaced")
+        replaced_after = time.monotonic() - began
+        wait_until(lambda: http_get(health)[0] == 200, 30, "the new writer healthy")
+        time.sleep(2)
+    finally:
+        ha_test_server.set_rate(0)
+        acked = flow.finish()
+    assert 4 <= replaced_after <= 8, replaced_after      # run.stall_timeout (5 s) + polling
+    assert "writer (pid %d) has not made progress for" % stopped in ing.log_path("run").read_text()
+    wait_all_written(influxdb, acked, ha_test_server)
+    time.sleep(2)                         # anything doubled would arrive by now
+    assert sorted(mqtt_points(influxdb)) == list(map(float, acked)), "missing or doubled"
+    assert run.poll() is None
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait(30) == EXIT_OK
+
+
 def test_run_does_not_hot_restart_a_collector_whose_token_is_refused(influxdb, ha_test_server,
                                                                      ingestor):
     ing = ingestor({"homeassistant": {"enabled": True, "url": ha_test_server.url,

@@ -155,7 +155,7 @@ class HAConnection:
 
     def _dispatch_frame(self, data: bytes | str, rx_ns: int) -> None:
         try:
-            payload = json.loads(data)
+            payload = json.loads(data, parse_constant=_not_json)
         except (ValueError, RecursionError) as exc:   # not JSON, not UTF-8, nested too deeply
             kind = "too_deep" if isinstance(exc, RecursionError) else "malformed_json"
             self._count_invalid(kind, data)
@@ -259,6 +259,11 @@ class HAConnection:
             pending = self._pending.pop(msg_id, None)
             if pending and not pending[1].done():
                 pending[1].set_exception(TransientError(f"connection closed: {reason}"))
+
+
+def _not_json(constant: str) -> None:
+    """Python's parser takes NaN and Infinity, JSON has no such values (HA never sends them)."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def fuzz_examples() -> int:
 
 def draw(strategy: st.SearchStrategy, count: int, at_seed: int) -> list:
     """``count`` examples of ``strategy``, the same ones for the same seed."""
+    began = time.monotonic()
     found: list = []
 
     @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
@@ -50,6 +52,7 @@ def draw(strategy: st.SearchStrategy, count: int, at_seed: int) -> list:
 
     while len(found) < count:
         collect()
+    print(f"\ndrew {count} examples in {time.monotonic() - began:.1f} s")
     return found[:count]
 
 

@@ -18,10 +18,17 @@ NAMES = ("time", "time_", "value", "value_", "state", "fired", "a_b", "a", "x_st
 
 
 def weighted(*choices: tuple[int, st.SearchStrategy]) -> st.SearchStrategy:
-    """One of the strategies, each drawn ``weight`` times as often (``st.one_of`` treats a
-    strategy given twice as once)."""
-    table = [strategy for weight, strategy in choices for _ in range(weight)]
-    return st.integers(0, len(table) - 1).flatmap(lambda n: table[n])
+    """One of the strategies, each drawn ``weight`` times as often (``st.one_of`` counts the same
+    strategy given twice once, so each copy is a strategy of its own)."""
+    return st.one_of([strategy.map(_Same()) for weight, strategy in choices
+                      for _ in range(weight)])
+
+
+class _Same:
+    """An identity function that is a new object each time (a distinct mapped strategy)."""
+
+    def __call__(self, value):
+        return value
 
 
 def _text(alphabet: st.SearchStrategy, max_size: int) -> st.SearchStrategy:

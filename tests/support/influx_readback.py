@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 
-STATEMENTS_PER_REQUEST = 400
+STATEMENTS_PER_REQUEST = 200
+FIELDS_PER_STATEMENT = 50       # one scan of a measurement's series serves this many field keys
 UNQUOTABLE = frozenset("\x00\r\n")
 
 PointKey = tuple[str, tuple[tuple[str, str], ...], int]
@@ -42,19 +43,29 @@ def regex_for(name: str) -> str:
     return f"/^{body}$/"
 
 
-def statements(pairs: list[tuple[str, str]]) -> list[tuple[str, str | None, str]]:
-    """(measurement, field key or None for every field, statement)."""
-    out, whole = [], set()
+def statements(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(measurement, statement): the measurement's field keys, a few dozen per statement, or
+    ``SELECT *`` where a name cannot be quoted."""
+    keys: dict[str, list[str]] = {}
+    whole = set()
     for measurement, key in pairs:
         if not UNQUOTABLE.isdisjoint(measurement + key):
             whole.add(measurement)
+        else:
+            keys.setdefault(measurement, []).append(key)
+    out = []
+    for measurement, names in keys.items():
+        if measurement in whole:
             continue
-        out.append((measurement, key, f"SELECT {quote_ident(key)}::field FROM "
-                                      f"{quote_ident(measurement)} GROUP BY *"))
+        for start in range(0, len(names), FIELDS_PER_STATEMENT):
+            columns = ",".join(f"{quote_ident(k)}::field"
+                               for k in names[start:start + FIELDS_PER_STATEMENT])
+            out.append((measurement, f"SELECT {columns} FROM {quote_ident(measurement)} "
+                                     "GROUP BY *"))
     for measurement in sorted(whole):
         source = regex_for(measurement) if not UNQUOTABLE.isdisjoint(measurement) \
             else quote_ident(measurement)
-        out.append((measurement, None, f"SELECT * FROM {source} GROUP BY *"))
+        out.append((measurement, f"SELECT * FROM {source} GROUP BY *"))
     return out
 
 
@@ -64,8 +75,8 @@ def read_points(server, db: str) -> dict[PointKey, dict[str, object]]:
     points: dict[PointKey, dict[str, object]] = {}
     for start in range(0, len(todo), STATEMENTS_PER_REQUEST):
         chunk = todo[start:start + STATEMENTS_PER_REQUEST]
-        result = server._raw_query(";".join(sql for _, _, sql in chunk), db)
-        for (measurement, key, _), statement in zip(chunk, result["results"]):
+        result = server._raw_query(";".join(sql for _, sql in chunk), db)
+        for (measurement, _), statement in zip(chunk, result["results"]):
             for series in statement.get("series", []):
                 if series["name"] != measurement:
                     continue
@@ -73,8 +84,6 @@ def read_points(server, db: str) -> dict[PointKey, dict[str, object]]:
                 for row in series.get("values", []):
                     found = dict(zip(series["columns"], row))
                     time_ns = found.pop("time")
-                    if key is not None:
-                        found = {key: found.get(key)}
                     found = {k: v for k, v in found.items() if v is not None}
                     if found:
                         points.setdefault((measurement, tags, time_ns), {}).update(found)

@@ -48,7 +48,7 @@ READY_MARKER = ".ha-ingestor-ready"
 # Integrations whose requirements are installed with the venv: those the test config uses, plus
 # those other tests add through extra_yaml (HA's own influxdb integration, MQTT statestream).
 PREINSTALLED_DOMAINS = ("http", "api", "websocket_api", "config", "recorder", "history",
-                        "template", "influxdb", "mqtt", "mqtt_statestream")
+                        "template", "influxdb", "mqtt", "mqtt_statestream", "manual")
 
 TOKEN_CLIENT_NAME = "ha-ingestor tests"
 OWNER = {"name": "Test Owner", "username": "owner", "password": "ha-ingestor-test-pw",
@@ -255,6 +255,14 @@ template:
           {{{{ ((states('input_number.acc_temp_1') | float(0)
                + states('input_number.acc_temp_2') | float(0)) / 2) | round(2) }}}}
 
+alarm_control_panel:
+  - platform: manual
+    name: Acc alarm
+    code: "1234"
+    arming_time: 0
+    delay_time: 0
+    trigger_time: 0
+
 automation:
   - id: acc_switch_1_counts
     alias: Acc switch 1 counts
@@ -282,6 +290,7 @@ CONFIG_ENTITIES = (
     "input_number.acc_temp_1", "input_number.acc_temp_2", "input_number.acc_humidity",
     "counter.acc_counter", "input_text.acc_note", "input_select.acc_mode",
     "sensor.acc_temperature_average", "automation.acc_switch_1_counts",
+    "alarm_control_panel.acc_alarm",
 )
 
 

@@ -184,9 +184,10 @@ class Fields:
         elif isinstance(value, str):
             self.put(f"{key or ''}_str", value)
         elif isinstance(value, (int, float)):          # decoded by an HA frame's parser
-            number = float(value) if math.isfinite(float(value)) else None
-            self.put(key, number) if number is not None else self.put(f"{key}_str",
-                                                                      json.dumps(value))
+            try:
+                self.put(key, float(value))
+            except OverflowError:                      # an integer beyond 1.8e308: its digits
+                self.put(f"{key}_str", str(value))
         elif isinstance(value, dict):
             if level >= MAX_DEPTH:                    # this object would be level + 1
                 raise _DeadLetter(*LIMITS)
