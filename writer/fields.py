@@ -25,6 +25,7 @@ from typing import Any
 
 from ha_ingestor.config.schema import SchemaLimits as Limits
 from ha_ingestor.errors import ConversionError
+from ha_ingestor.memo import Memo
 from writer.names import stored_key
 
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
@@ -47,25 +48,33 @@ class Flattener:
         self.limits = limits
         self.separator = separator
         self.bools_as_float = bools_as_float
-        self.secret = frozenset(k.lower() for k in secret_keys)
+        secret = frozenset(k.lower() for k in secret_keys)
+        self.secret = Memo(lambda key: key.lower() in secret, 100_000) if secret else None
 
-    def fields(self, value: Any, key: str | None = None,
-               into: dict | None = None) -> tuple[dict[str, float | str], int]:
+    def fields(self, value: Any, key: str | None = None, into: dict | None = None,
+               exact: bool = False, skip_text: tuple[str, ...] = ()
+               ) -> tuple[dict[str, float | str], int]:
         """Fields of ``value`` (a mapping is flattened from the top when ``key`` is None),
-        added to ``into``."""
-        state = _State(into if into is not None else {}, self)
+        added to ``into``. ``exact``: numbers may be NumberText (a parse that kept their text).
+        ``skip_text``: top-level keys left out when their value is text (written as tags)."""
+        state = _State(into if into is not None else {}, self, exact, skip_text)
         state.add(key, value, 0)
+        if len(state.fields) > self.limits.max_fields:
+            raise ConversionError(f"more than schema.limits.max_fields "
+                                  f"({self.limits.max_fields}) fields", "limit")
         return state.fields, state.withheld
 
 
 class _State:
-    __slots__ = ("fields", "withheld", "rule", "max_fields")
+    __slots__ = ("fields", "withheld", "rule", "short_text", "exact", "skip_text")
 
-    def __init__(self, fields: dict, rule: Flattener):
+    def __init__(self, fields: dict, rule: Flattener, exact: bool, skip_text: tuple):
         self.fields = fields
         self.withheld = 0
         self.rule = rule
-        self.max_fields = rule.limits.max_fields
+        self.exact = exact
+        self.skip_text = skip_text
+        self.short_text = rule.limits.max_string_bytes // 4   # shorter text is within it
 
     def add(self, key: str | None, value: Any, depth: int) -> None:
         kind = type(value)
@@ -95,12 +104,32 @@ class _State:
         if depth >= self.rule.limits.max_depth:
             raise _too_deep(self.rule.limits.max_depth, key)
         prefix = "" if key is None else key + self.rule.separator
-        secret = self.rule.secret
-        for inner, inner_value in value.items():
-            if secret and inner.lower() in secret:
+        secret, fields, short_text = self.rule.secret, self.fields, self.short_text
+        skip = self.skip_text if depth == 0 else ()
+        for inner, item in value.items():
+            if secret is not None and secret[inner]:
                 self.withheld += 1
                 continue
-            self.add(prefix + inner, inner_value, depth + 1)
+            name, kind = prefix + inner, type(item)
+            if skip and kind is str and inner in skip:
+                continue
+            # the usual values without a call (sensor payloads are flat numbers and text)
+            if kind is float and item - item == 0.0:
+                stored = stored_key[name]
+            elif kind is int and -_FLOAT_INT < item < _FLOAT_INT:
+                item = float(item)
+                stored = stored_key[name]
+            elif kind is str and len(item) <= short_text:
+                stored = stored_key[name + "_str"]
+            elif kind is dict:
+                self.add_mapping(name, item, depth + 1)
+                continue
+            else:
+                self.add(name, item, depth + 1)
+                continue
+            while stored in fields:
+                stored += "_"
+            fields[stored] = item
 
     def put_int(self, key: str | None, value: int) -> None:
         try:
@@ -112,7 +141,7 @@ class _State:
         limit = self.rule.limits.max_depth
         if _list_depth(value, limit - depth) + depth > limit:
             raise _too_deep(limit, key)
-        self.put_text(key, json.dumps(_plain(value), ensure_ascii=False, separators=(",", ":")))
+        self.put_text(key, _LIST_TEXT(_plain(value) if self.exact else value))
 
     def put_text(self, key: str | None, value: str) -> None:
         limit = self.rule.limits.max_string_bytes
@@ -123,9 +152,6 @@ class _State:
 
     def put(self, key: str | None, value: float | str) -> None:
         fields = self.fields
-        if len(fields) >= self.max_fields:
-            raise ConversionError(f"more than schema.limits.max_fields ({self.max_fields}) "
-                                  "fields", "limit")
         name = stored_key[key if key is not None else ""]
         while name in fields:
             name += "_"
@@ -146,20 +172,20 @@ def _list_depth(value: Any, budget: int) -> int:
     return deepest
 
 
+_FLOAT_INT = 2**1000          # integers well inside a float's range convert without a check
+_LIST_TEXT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _plain(value: Any) -> Any:
     """A list as Python's json module writes it, also after a parse that kept numbers' text:
     ``NaN``, ``Infinity``, ``-Infinity`` (``1e400`` reads ``Infinity``)."""
     if type(value) is NumberText:
         return float(value)
     if type(value) is list:
-        return [_plain(item) for item in value] if _has_number_text(value) else value
+        return [_plain(item) for item in value]
     if type(value) is dict:
         return {k: _plain(v) for k, v in value.items()}
     return value
-
-
-def _has_number_text(value: list) -> bool:
-    return any(type(item) in (NumberText, list, dict) for item in value)
 
 
 def _too_deep(limit: int, key: str | None) -> ConversionError:
@@ -185,16 +211,18 @@ def flatten_json(text: str, data: Any, rule: Flattener, key: str | None = None
     try:
         return rule.fields(data, key)
     except _NeedsNumberText:
-        return rule.fields(_loads(text, exact_numbers=True), key)
+        return rule.fields(_loads(text, exact_numbers=True), key, exact=True)
 
 
 def flatten_value(value: Any, rule: Flattener, key: str | None = None,
-                  into: dict | None = None) -> tuple[dict[str, float | str], int]:
+                  into: dict | None = None, skip_text: tuple[str, ...] = ()
+                  ) -> tuple[dict[str, float | str], int]:
     """Fields of already decoded JSON (HA event data); a non-finite float is written as text."""
     try:
-        return rule.fields(value, key, dict(into or {}))
+        return rule.fields(value, key, dict(into) if into else None, skip_text=skip_text)
     except _NeedsNumberText:
-        return rule.fields(_text_for_non_finite(value), key, dict(into or {}))
+        return rule.fields(_text_for_non_finite(value), key, dict(into) if into else None,
+                           skip_text=skip_text)
 
 
 def _text_for_non_finite(value: Any) -> Any:
@@ -237,7 +265,7 @@ def parse_number(text: str) -> float | None:
     """A finite float from a decimal number in plain text (ASCII digits, optional sign, point
     and exponent, surrounding whitespace ignored); None for anything else."""
     stripped = text.strip(_ASCII_SPACE)
-    if not stripped or not _DECIMAL.match(stripped):
+    if not (stripped.isascii() and stripped.isdigit()) and not _DECIMAL.match(stripped):
         return None
     number = float(stripped)
     return number if math.isfinite(number) else None

@@ -19,7 +19,6 @@ rule can save raises ConversionError naming it.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Mapping
 
@@ -170,7 +169,7 @@ def make_fieldset(measurement: str, fields: Mapping[str, float | str | bool],
         value = fields[key]
         kind = type(value)
         if kind is float:
-            if not math.isfinite(value):
+            if value - value != 0.0:               # NaN or infinite
                 raise ConversionError(f"field {key!r} is {value!r}; InfluxDB accepts only "
                                       "finite numbers", "number")
             text = repr(value)

@@ -61,8 +61,7 @@ class EventsSchemaHA:
             for key in ("id", "parent_id", "user_id"):
                 if type(context.get(key)) is str:
                     fields[f"context_{key}_str"] = context[key]
-        rest = {k: v for k, v in data.items() if not (k in _TAG_KEYS and type(v) is str)}
-        fields, withheld = flatten_value(rest, self.flattener, into=fields)
+        fields, withheld = flatten_value(data, self.flattener, into=fields, skip_text=_TAG_KEYS)
         if withheld:
             self._withheld.inc(withheld)
         return make_line(self.config.measurement, tags, fields, time_to_ns(event["time_fired"]))

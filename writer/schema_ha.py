@@ -147,6 +147,7 @@ class StateChangedSchemaHA:
         self.config = config
         self.max_fields = limits.max_fields
         self.max_string_bytes = limits.max_string_bytes
+        self.short_text = limits.max_string_bytes // 4     # shorter text is within the limit
         self.entity_filter = build_entity_filter(config.include, config.exclude)
         self.tags = dict(config.tags)
         self.tags_attributes = set(config.tags_attributes)
@@ -183,7 +184,10 @@ class StateChangedSchemaHA:
         tags: dict[str, Any] = {"domain": domain, "entity_id": object_id}
         fields: dict[str, Any] = {}
         if include_state:
-            self._put(fields, "state", state_value)
+            if len(state_value) > self.short_text:
+                self._put(fields, "state", state_value)
+            else:
+                fields["state"] = state_value
         if include_value:
             fields["value"] = state_as_value
         ignore = set(entity_config.get("ignore_attributes", ()))
@@ -194,6 +198,9 @@ class StateChangedSchemaHA:
             elif ((key != "unit_of_measurement" or include_uom)
                   and (key != "device_class" or include_dc) and key not in ignore):
                 self._add_attribute(fields, key, value)
+        if len(fields) > self.max_fields:
+            raise ConversionError(f"more than schema.limits.max_fields ({self.max_fields}) "
+                                  "fields", "limit")
         tags.update(self.tags)
         return (str(measurement), _tag_strings(tags), fields, time_to_ns(event["time_fired"]))
 
@@ -232,11 +239,22 @@ class StateChangedSchemaHA:
         if type(value) is str:
             number, digit_tail = _string_attribute(value)
             if number is not None:
-                self._put(fields, key, number)
+                if key in fields or key in _CANNOT_STORE or key[-1:] == "\\" or \
+                        number - number != 0.0:
+                    self._put(fields, key, number)
+                else:
+                    fields[key] = number        # the usual case, without a call
+                return
+            name = f"{key}_str"
+            if name in fields or len(value) > self.short_text:
+                self._put(fields, name, value)
             else:
-                self._put(fields, f"{key}_str", value)
-                if digit_tail is not None:
+                fields[name] = value
+            if digit_tail is not None:
+                if key in fields or key in _CANNOT_STORE or key[-1:] == "\\":
                     self._put(fields, key, digit_tail)
+                else:
+                    fields[key] = digit_tail
         else:
             try:
                 self._put(fields, key, float(value))
@@ -260,9 +278,6 @@ class StateChangedSchemaHA:
             key = ha_stored_name(key)
             while key in fields or key in _CANNOT_STORE:
                 key += "_"
-        if len(fields) >= self.max_fields:
-            raise ConversionError(f"more than schema.limits.max_fields ({self.max_fields}) "
-                                  "fields", "limit")
         fields[key] = value
 
 
