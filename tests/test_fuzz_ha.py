@@ -79,23 +79,24 @@ def judge_all(judge, examples, expected, points_for, dead_for) -> None:
 
 # ---- state_changed through a real HA ------------------------------------------------------------
 
-def post_states(ha, entity_states: list[tuple[str, str, dict]]) -> list[int]:
-    """POST every state (four keep-alive connections); returns HA's HTTP status per state."""
+def rest_states(ha, method: str, entity_states: list[tuple[str, str, dict]]) -> list[int]:
+    """POST (or DELETE) every state over HA's REST API, four keep-alive connections; returns
+    HA's HTTP status per state."""
     local = threading.local()
 
-    def post(item) -> int:
+    def call(item) -> int:
         if not hasattr(local, "conn"):
             local.conn = http.client.HTTPConnection("127.0.0.1", ha.port, timeout=60)
         entity_id, state, attrs = item
-        body = json.dumps({"state": state, "attributes": attrs})
-        local.conn.request("POST", f"/api/states/{entity_id}", body=body,
+        body = json.dumps({"state": state, "attributes": attrs}) if method == "POST" else None
+        local.conn.request(method, f"/api/states/{entity_id}", body=body,
                            headers={"Authorization": f"Bearer {ha.token}",
                                     "Content-Type": "application/json"})
         response = local.conn.getresponse()
         response.read()
         return response.status
     with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(post, entity_states))
+        return list(pool.map(call, entity_states))
 
 
 @pytest.mark.realha
@@ -111,14 +112,16 @@ def test_any_state_change_lands_as_documented_or_is_a_dead_letter(real_ha, influ
     ing, procs = pipeline(ingestor, influxdb, real_ha.ws_url, real_ha.token)
     wait_until(lambda: ing.ready("ha"), 60, "the collector connected")
     recorder = EventRecorder(real_ha)
+    posted = [(e, s, a) for e, (s, a) in zip(entity_ids, examples)]
     try:
-        statuses = post_states(real_ha, [(e, s, a) for e, (s, a) in zip(entity_ids, examples)])
+        statuses = rest_states(real_ha, "POST", posted)
         end = f"fz{run}_end"
         with real_ha.client() as client:
             client.command({"type": "fire_event", "event_type": end})
         wait_for_event_type(influxdb, end)
     finally:
         seen = recorder.stop()
+        rest_states(real_ha, "DELETE", posted)   # the session's HA is shared: leave it as found
     fired = {e["data"]["entity_id"]: e for e in seen if e["event_type"] == "state_changed"}
 
     judge = Judge("ha_state_changed", tmp_path, at_seed)
