@@ -5,8 +5,8 @@ Heartbeat: each process's main loop proves it still makes progress by ticking ``
 (``StopFlag.wait`` ticks while the main thread waits; busy loops tick themselves). ``/healthz``
 answers 503 once the last tick is older than ``run.stall_timeout``, and under ``ha-ingestor run``
 every tick also reaches the supervisor through a pipe, so a child that is stopped (SIGSTOP) or
-stuck is killed and started again. Ticks from other threads do not count: a live helper thread
-must not hide a stuck main loop.
+stuck is killed and started again. Ticks from other threads do not count: a live background
+thread must not hide a stuck main loop.
 """
 
 from __future__ import annotations

@@ -121,7 +121,7 @@ def test_any_state_change_lands_as_documented_or_is_a_dead_letter(real_ha, influ
         wait_for_event_type(influxdb, end)
     finally:
         seen = recorder.stop()
-        rest_states(real_ha, "DELETE", posted)   # the session's HA is shared: leave it as found
+        rest_states(real_ha, "DELETE", posted)   # the HA of this test run is shared: leave it as found
     fired = {e["data"]["entity_id"]: e for e in seen if e["event_type"] == "state_changed"}
 
     judge = Judge("ha_state_changed", tmp_path, at_seed)

@@ -155,7 +155,8 @@ class HAConnection:
 
     def _dispatch_frame(self, data: bytes | str, rx_ns: int) -> None:
         try:
-            payload = json.loads(data, parse_constant=_not_json)
+            text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+            payload = _FRAME_DECODER.decode(text)
         except (ValueError, RecursionError) as exc:   # not JSON, not UTF-8, nested too deeply
             kind = "too_deep" if isinstance(exc, RecursionError) else "malformed_json"
             self._count_invalid(kind, data)
@@ -264,6 +265,9 @@ class HAConnection:
 def _not_json(constant: str) -> None:
     """Python's parser takes NaN and Infinity, JSON has no such values (HA never sends them)."""
     raise ValueError(f"{constant} is not JSON")
+
+
+_FRAME_DECODER = json.JSONDecoder(parse_constant=_not_json)   # made once: cheaper per frame
 
 
 def _describe(exc: BaseException) -> str:
