@@ -17,7 +17,7 @@ import yaml
 
 from ha_ingestor import __version__, queue
 from ha_ingestor.config import default_config_path, load_config, load_queue_config, redacted
-from ha_ingestor.envelope import SOURCES, describe
+from ha_ingestor.envelope import QUEUES, describe
 from ha_ingestor.errors import (EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, ConfigError, IngestorError,
                                 QueueError)
 from ha_ingestor.lifecycle import HEARTBEAT, StopFlag, die_with_parent
@@ -178,12 +178,12 @@ def _queue_dir(ctx: Context, override: Path | None) -> Path:
 
 
 def _sources(source: str | None) -> tuple[str, ...]:
-    return (source,) if source else SOURCES
+    return (source,) if source else QUEUES
 
 
 queue_dir_option = click.option("--queue-dir", type=click.Path(file_okay=False, path_type=Path),
                                  default=None, help="Queue directory (default: queue.dir).")
-source_option = click.option("--source", type=click.Choice(SOURCES), default=None,
+source_option = click.option("--source", type=click.Choice(QUEUES), default=None,
                              help="Only this queue (default: every queue).")
 
 
@@ -199,7 +199,7 @@ def queue_group() -> None:
 def queue_status(ctx: Context, as_json: bool, queue_dir: Path | None) -> None:
     """Per queue: events ready, in flight, dead letters, oldest event age, bytes on disk."""
     qdir = _queue_dir(ctx, queue_dir)
-    statuses = {source: queue.read_status(qdir, source) for source in SOURCES}
+    statuses = {source: queue.read_status(qdir, source) for source in QUEUES}
     empty = queue.QueueStatus(0, 0, 0, None, 0)
     if as_json:
         click.echo(json.dumps({"queues": {s: (st or empty).as_dict()
@@ -299,7 +299,7 @@ def queue_requeue_dead(ctx: Context, source: str | None, ids: tuple[int, ...],
 
 
 @queue_group.command("dead-letter-item")
-@click.argument("source", type=click.Choice(SOURCES))
+@click.argument("source", type=click.Choice(QUEUES))
 @click.argument("item_id", metavar="ID", type=click.IntRange(1))
 @click.option("--reason", default="moved aside by an operator", show_default=True,
               help="Kept with every event of the item.")
@@ -333,5 +333,13 @@ def queue_purge(ctx: Context, source: str | None, dead: bool, yes: bool,
     for src in _sources(source):
         click.echo(f"{src}: deleted {queue.purge(qdir, src, dead)} event(s)")
 
+
+def _add_import_commands() -> None:
+    from ha_ingestor.cli_import import COMMANDS
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_import_commands()
 
 __all__ = ["cli", "main", "child_argv", "ConfigError", "QueueError"]

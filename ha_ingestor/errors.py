@@ -12,6 +12,7 @@ EXIT_FAILURE = 1       # unexpected error: a bug or an unclassified failure; res
 EXIT_CONFIG = 2        # bad configuration or command-line usage: restarting will not help
 EXIT_AUTH = 3          # the source or sink refused our credentials: restarting will not help
 EXIT_QUEUE = 4         # the queue file is unusable (corrupt, not SQLite, no permission)
+EXIT_MISSING = 5       # `verify`: points HA's recorder holds are missing from InfluxDB
 EXIT_KILLED = 130      # second signal: stopped at once without draining
 
 EXIT_CODES = {
@@ -20,6 +21,7 @@ EXIT_CODES = {
     EXIT_CONFIG: "bad configuration or usage; fix the config before restarting",
     EXIT_AUTH: "authentication refused by the MQTT broker or Home Assistant (the writer retries InfluxDB credentials instead, without losing anything)",
     EXIT_QUEUE: "the queue file cannot be opened or is corrupt",
+    EXIT_MISSING: "verify: state changes HA's recorder holds are missing from InfluxDB",
     EXIT_KILLED: "stopped at once by a second signal",
 }
 

@@ -65,6 +65,8 @@ SECTION_NOTES = {
                "`/readyz` (connected to its source or sink and the queue writable) on its own "
                "port.",
     "run": "The supervisor, `ha-ingestor run`.",
+    "import": "`ha-ingestor import history`, `import statistics` and `verify`: how HA's "
+              "recorder is read (docs/import.md).",
 }
 
 SCHEMA = """\

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from ha_ingestor.config.schema import SchemaConfig
-from ha_ingestor.envelope import HA, MQTT
+from ha_ingestor.envelope import HA, KIND_STATISTICS, MQTT
 from ha_ingestor.errors import ConversionError
 from writer.schema_events import EventsSchemaHA
 from writer.schema_ha import StateChangedSchemaHA
 from writer.schema_mqtt import MqttSchemaConverter
+from writer.schema_statistics import StatisticsSchemaHA
 
 __all__ = ["ConversionError", "Converter"]
 
@@ -25,6 +26,7 @@ class Converter:
         self.states = StateChangedSchemaHA(schema.state_changed, schema.limits)
         self.events = EventsSchemaHA(schema.events, schema.limits)
         self.mqtt = MqttSchemaConverter(schema.mqtt, schema.limits)
+        self.statistics = StatisticsSchemaHA(schema.statistics)
 
     def convert(self, envelope: dict[str, Any]) -> str | None:
         """The line for ``envelope``, or None when the schema writes nothing for it.
@@ -44,6 +46,8 @@ class Converter:
         if source == MQTT:
             return self.mqtt.to_line(envelope)
         if source == HA:
+            if envelope.get("kind") == KIND_STATISTICS:
+                return self.statistics.to_line(envelope["statistic"])
             if "event" not in envelope and "frame" in envelope:
                 raise ConversionError(f"a Home Assistant frame the collector could not read: "
                                       f"{envelope.get('error', '?')}", "unreadable")

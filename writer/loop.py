@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
-from ha_ingestor.envelope import SOURCES
+from ha_ingestor.envelope import IMPORT, QUEUES
 from ha_ingestor.errors import ConversionError, PermanentError, TransientError
 from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 from ha_ingestor.queue import Consumer, queue_file
@@ -42,6 +42,7 @@ IDLE_POLL_S = 0.05          # how often an idle writer looks for new events
 NEW_FILE_CHECK_S = 1.0      # how often it looks for a queue file that did not exist yet
 STATUS_EVERY_S = 5.0        # queue gauges and the progress line
 WRITE_WAIT_SLICE_S = 1.0    # how often the heartbeat ticks while a write is retried
+IMPORT_ROUND_EVENTS = 1000  # import events in one round (docs/import.md, "Live data first")
 BEHIND_THRESHOLD = 20_000   # events waiting before the progress line appears
 ACCESS_BACKOFF = dict(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
 
@@ -142,19 +143,24 @@ class WriterLoop:
         if not force and now - self._checked_files_at < NEW_FILE_CHECK_S:
             return
         self._checked_files_at = now
-        for source in SOURCES:
+        for source in QUEUES:
             if source not in self.consumers and queue_file(self.queue_dir, source).exists():
                 consumer = self.consumers[source] = Consumer(self.queue_dir, source)
                 log.info("reading queue %s", queue_file(self.queue_dir, source))
                 self.guard.opened(source, consumer)
 
     def _take_round(self) -> Round:
-        """Up to batch_size events, fairly across sources; waits up to flush_interval for more
-        when the first take did not fill the batch."""
+        """Up to batch_size events, fairly across the live sources; waits up to flush_interval
+        for more when the first take did not fill the batch. The import queue only when no live
+        event waits, and at most IMPORT_ROUND_EVENTS of it, so that a live event that arrives
+        meanwhile waits for one small write at most."""
         batch = Round()
         deadline = time.monotonic() + self.flush_interval
         while True:
             took = self._take_fair(batch)
+            if batch.events == 0 and IMPORT in self.consumers:
+                self._take_share(batch, IMPORT, min(self.batch_size, IMPORT_ROUND_EVENTS))
+                break
             if batch.events >= self.batch_size or self.stop.is_set():
                 break
             remaining = deadline - time.monotonic()
@@ -165,7 +171,7 @@ class WriterLoop:
         return batch
 
     def _take_fair(self, batch: Round) -> bool:
-        sources = list(self.consumers)
+        sources = [source for source in self.consumers if source != IMPORT]
         if not sources:
             return False
         took = False

@@ -26,6 +26,7 @@ __all__ = ["COMPONENTS", "Config", "ConfigError", "HomeAssistantConfig", "Influx
 CONFIG_ENV = "HA_INGESTOR_CONFIG"
 DEFAULT_FILE = "ha-ingestor.yaml"
 REDACTED = "***"
+_SHOWN_AS = {"imports": "import"}        # config fields named apart from their YAML section
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path | None:
@@ -67,6 +68,7 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -
         schema=_build_schema(raw.get("schema")),
         metrics=model.build_metrics(raw.get("metrics")),
         run=model.build_section("run", raw.get("run")),
+        imports=model.build_section("import", raw.get("import")),
         source=str(path) if path else None,
     )
     model.check_consistency(config)
@@ -85,8 +87,8 @@ def redacted(config: Config) -> dict:
 
 def _plain(value: Any, path: tuple[str, ...]) -> Any:
     if is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name), path + (f.name,)) for f in fields(value)
-                if f.name != "source"}
+        return {_SHOWN_AS.get(f.name, f.name): _plain(getattr(value, f.name), path + (f.name,))
+                for f in fields(value) if f.name != "source"}
     if isinstance(value, dict):
         return {k: _plain(v, path + (str(k),)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
