@@ -97,5 +97,33 @@ def _report(outcome, what: str) -> None:
     sys.exit(EXIT_OK)
 
 
-COMMANDS = (import_group,)
+@click.command("verify")
+@since_option
+@until_option
+@entity_option
+@click.option("--fill", is_flag=True, help="Queue what is missing (import.db) for the writer.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for scripts.")
+@click.pass_obj
+def verify(ctx, since: str, until: str | None, patterns: tuple[str, ...], fill: bool,
+           as_json: bool) -> None:
+    """Compare, per entity, the state changes HA's recorder holds with the points in InfluxDB.
+
+    Exit 0: nothing missing (or, with --fill, everything missing queued); 5: changes missing
+    from InfluxDB; 1-4 as for every command."""
+    from importer import verify as check
+    from importer.ha_reader import HAReader
+    config, stop = _start(ctx)
+    try:
+        with HAReader(config.homeassistant, config.imports.request_timeout, stop) as reader:
+            report = check.run(config, reader, since, until, patterns, fill, stop)
+    except IngestorError as exc:
+        _exit_on(exc)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(report.table())
+    sys.exit(report.exit_code())
+
+
+COMMANDS = (import_group, verify)
 __all__ = ["COMMANDS"]

@@ -9,6 +9,7 @@ entities, which exercises the same window and chunk logic a long import uses.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -225,3 +226,50 @@ def test_import_history_dry_run_stores_nothing(scene):
     assert "nothing stored (--dry-run)" in result.stdout
     assert "input_boolean.acc_switch_1" in result.stdout
     assert queue.read_status(ing.queue_dir, "import") is None
+
+
+def verify(ing: IngestorHarness, scene: Scene, *extra: str) -> tuple[int, dict]:
+    result = ing.run("verify", *scene.period_args(), "--json", *extra, timeout=180)
+    assert result.returncode in (0, 5), result.stdout + result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def test_verify_names_what_was_deleted_and_fill_restores_it(scene):
+    """Must show 6: points deleted from InfluxDB (a whole series, a time range of another) are
+    named exactly by `verify` (exit 5); `verify --fill` queues them; then nothing is missing."""
+    ing = scene.ingestor("verify", "verified")
+    import_history(ing, scene)
+    drain(ing)
+    code, report = verify(ing, scene)
+    assert code == 0 and report["missing"] == 0 and report["extra"] == 0, report
+    assert report["in_ha"] == report["in_influxdb"] == len(scene.changes)
+
+    temp = sorted(e["time_fired"] for e in scene.changes
+                  if e["data"]["entity_id"] == "input_number.acc_temp_1")
+    cut = temp[1:3]                                  # the 2nd and 3rd of its 4 changes
+    switch = [e for e in scene.changes if e["data"]["entity_id"] == "input_boolean.acc_switch_2"]
+    influx = scene.influx
+    influx._raw_query("DROP SERIES FROM /.*/ WHERE \"entity_id\" = 'acc_switch_2'", "verified")
+    influx._raw_query(f"DELETE FROM /.*/ WHERE \"entity_id\" = 'acc_temp_1' AND "
+                      f"time >= '{cut[0]}' AND time <= '{cut[1]}'", "verified")
+
+    code, report = verify(ing, scene)
+    assert code == 5
+    named = {entity: counts for entity, counts in report["entities"].items()
+             if counts["missing"]}
+    assert set(named) == {"input_boolean.acc_switch_2", "input_number.acc_temp_1"}, named
+    assert named["input_boolean.acc_switch_2"]["missing"] == len(switch)
+    assert named["input_boolean.acc_switch_2"]["in_influxdb"] == 0
+    assert named["input_number.acc_temp_1"]["missing"] == 2
+    assert named["input_number.acc_temp_1"]["missing_ranges"] == [cut]
+    assert report["missing"] == len(switch) + 2 and report["extra"] == 0
+
+    table = ing.run("verify", *scene.period_args(), timeout=180)
+    assert table.returncode == 5
+    assert f"missing {cut[0]} .. {cut[1]}" in table.stdout, table.stdout
+
+    code, report = verify(ing, scene, "--fill")
+    assert code == 0 and report["filled"] == len(switch) + 2, report
+    drain(ing)
+    code, report = verify(ing, scene)
+    assert code == 0 and report["missing"] == 0 and report["extra"] == 0, report
