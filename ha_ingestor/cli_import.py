@@ -42,7 +42,7 @@ def _exit_on(exc: IngestorError) -> None:
 
 @click.group("import")
 def import_group() -> None:
-    """Import HA's recorded history (into <queue.dir>/import.db)."""
+    """Import HA's recorded history or long-term statistics (into <queue.dir>/import.db)."""
 
 
 @import_group.command("history")
@@ -95,6 +95,35 @@ def _report(outcome, what: str) -> None:
     click.echo(f"stopped after step {outcome.done} of {outcome.steps} ({outcome.rows} {what} "
                f"queued); run the same command again to continue")
     sys.exit(EXIT_OK)
+
+
+@import_group.command("statistics")
+@since_option
+@until_option
+@click.option("--period", type=click.Choice(["5minute", "hour", "day"]), default="hour",
+              show_default=True, help="HA's statistics table to read.")
+@click.option("--statistic-id", "patterns", multiple=True, metavar="GLOB",
+              help="Only these statistics (glob or exact id; repeat). Default: all.")
+@click.option("--dry-run", is_flag=True, help="Print what would be read; store nothing.")
+@click.pass_obj
+def import_statistics(ctx, since: str, until: str | None, period: str,
+                      patterns: tuple[str, ...], dry_run: bool) -> None:
+    """Long-term statistics (mean/min/max, sum/state) to the schema of docs/import.md."""
+    from importer import statistics
+    from importer.ha_reader import HAReader
+    config, stop = _start(ctx)
+    command = {"since": since, "until": until, "period": period, "ids": sorted(patterns)}
+    try:
+        with HAReader(config.homeassistant, config.imports.request_timeout, stop) as reader:
+            plan = statistics.make_plan(config, reader, since, until, period, patterns)
+            click.echo(statistics.describe(plan))
+            if dry_run:
+                click.echo("nothing stored (--dry-run)")
+                return
+            outcome = statistics.run(config, plan, command, reader, stop, click.echo)
+    except IngestorError as exc:
+        _exit_on(exc)
+    _report(outcome, "statistics rows")
 
 
 @click.command("verify")

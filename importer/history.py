@@ -23,8 +23,7 @@ from collectors.homeassistant.backfill import compressed_to_state
 from importer import plan as p
 from importer.ha_reader import HAReader
 from importer.import_queue import ImportQueue
-from importer.job import Job
-from importer.progress import Progress
+from importer.job import Job, Outcome, open_job, run_steps
 
 log = logging.getLogger("import")
 
@@ -54,15 +53,6 @@ class HistoryPlan:
 
     def chunks(self) -> list[list[str]]:
         return list(p.chunks(self.entities, self.per_request))
-
-
-@dataclass
-class Outcome:
-    steps: int
-    done: int
-    rows: int
-    resumed_at: int
-    finished: bool
 
 
 def states_in_window(answer: dict, start: datetime, end: datetime) -> Iterator[dict]:
@@ -108,13 +98,8 @@ def run(config: Config, plan: HistoryPlan, command: dict, reader: HAReader, stop
     """Import (or continue importing) ``plan``; returns how far it got."""
     queue = ImportQueue(config, stop)
     try:
-        job = Job(queue.producer, "history", command)
-        if job.resuming:
-            plan = HistoryPlan.from_dict(job.begin(plan.as_dict()))
-            say(f"continuing the import stopped at step {job.done}")
-        else:
-            job.begin(plan.as_dict())
-        return _steps(plan, job, queue, reader, stop)
+        job, stored = open_job(queue.producer, "history", command, plan.as_dict(), say)
+        return _steps(HistoryPlan.from_dict(stored), job, queue, reader, stop)
     finally:
         queue.close()
 
@@ -122,26 +107,10 @@ def run(config: Config, plan: HistoryPlan, command: dict, reader: HAReader, stop
 def _steps(plan: HistoryPlan, job: Job, queue: ImportQueue, reader: HAReader,
            stop: StopFlag) -> Outcome:
     windows, chunks = plan.windows(), plan.chunks()
-    total = len(windows) * len(chunks)
-    resumed_at = job.done
-    progress = Progress("import history", total, resumed_at)
-    try:
-        for index in range(resumed_at, total):
-            if stop.is_set():
-                break
-            start, end = windows[index // len(chunks)]
-            answer = read_window(reader, chunks[index % len(chunks)], start, end)
-            envelopes = [state_as_event(state, KIND_IMPORT)
-                         for state in states_in_window(answer, start, end)]
-            del answer
-            finished = index + 1 == total
-            if envelopes:
-                queue.store(envelopes, job.checkpoint(index + 1, finished))
-            else:
-                job.mark(index + 1, finished)
-            progress.step(len(envelopes))
-    finally:
-        progress.close()
-    if total == 0:
-        job.mark(0, True)
-    return Outcome(total, job.done, progress.rows, resumed_at, job.done == total)
+
+    def fetch(index: int) -> list[dict]:
+        start, end = windows[index // len(chunks)]
+        answer = read_window(reader, chunks[index % len(chunks)], start, end)
+        return [state_as_event(state, KIND_IMPORT) for state in states_in_window(answer, start,
+                                                                                 end)]
+    return run_steps(job, len(windows) * len(chunks), fetch, queue, stop, "import history")

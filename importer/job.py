@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ha_ingestor.lifecycle import StopFlag
+
+from importer.progress import Progress
 
 PREFIX = "import.job."
 
@@ -56,3 +61,47 @@ class Job:
         """The checkpoint for a step that stored nothing."""
         for key, value in self.checkpoint(done, finished).items():
             self.producer.set_meta(key, value)
+
+
+def open_job(producer, kind: str, command: dict[str, Any], plan: dict[str, Any],
+             say: Callable[[str], None]) -> tuple[Job, dict[str, Any]]:
+    """The job of ``command`` and the plan to follow (the stored one when resuming)."""
+    job = Job(producer, kind, command)
+    resuming = job.resuming
+    plan = job.begin(plan)
+    if resuming:
+        say(f"continuing the import stopped at step {job.done}")
+    return job, plan
+
+
+@dataclass
+class Outcome:
+    steps: int
+    done: int
+    rows: int
+    resumed_at: int
+    finished: bool
+
+
+def run_steps(job: Job, total: int, fetch: Callable[[int], list[dict]], queue, stop: StopFlag,
+              what: str) -> Outcome:
+    """Steps ``job.done`` .. ``total - 1``: ``fetch(index)`` reads one step's envelopes, which
+    ``queue`` stores with the step's checkpoint. Stops between steps when ``stop`` is set."""
+    resumed_at = job.done
+    progress = Progress(what, total, resumed_at)
+    try:
+        for index in range(resumed_at, total):
+            if stop.is_set():
+                break
+            envelopes = fetch(index)
+            finished = index + 1 == total
+            if envelopes:
+                queue.store(envelopes, job.checkpoint(index + 1, finished))
+            else:
+                job.mark(index + 1, finished)
+            progress.step(len(envelopes))
+    finally:
+        progress.close()
+    if total == 0:
+        job.mark(0, True)
+    return Outcome(total, job.done, progress.rows, resumed_at, job.done == total)

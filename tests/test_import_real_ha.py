@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -28,7 +28,18 @@ from tests.test_writer_parity_ha import OPTIONS, ha_yaml
 pytestmark = [pytest.mark.slow, pytest.mark.realha]
 
 HA_VERSION = "2024.3.3"
+STAT_DAYS = 35
+STATISTICS = {"sensor.acc_energy": ("recorder", "kWh", "sum"),
+              "ha_ingestor_test:outdoor": ("ha_ingestor_test", "°C", "mean")}
 ENTITIES = ("input_*", "counter.*", "sensor.acc_*", "automation.*")
+def _stat_row(kind: str, start: datetime, hour: int) -> dict:
+    if kind == "sum":
+        return {"start": start.isoformat(), "state": 100.0 + hour * 0.5, "sum": hour * 0.5,
+                "last_reset": None}
+    return {"start": start.isoformat(), "mean": 10 + (hour % 24) / 4,
+            "min": 5 + (hour % 24) / 4, "max": 15.25 + (hour % 24) / 4}
+
+
 def drive(client, rounds: int) -> None:
     calls = [("input_boolean", "toggle", "input_boolean.acc_switch_1", {}),
              ("input_number", "set_value", "input_number.acc_temp_1", {"value": 21.5}),
@@ -92,6 +103,28 @@ class Scene:
         self.until = datetime.now(timezone.utc)
         time.sleep(2)                      # the recorder commits every second
 
+    def record_statistics(self) -> None:
+        """STAT_DAYS of hourly statistics for STATISTICS through recorder/import_statistics."""
+        top = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        self.stats_since = top - timedelta(days=STAT_DAYS, hours=1)
+        hours = [self.stats_since + timedelta(hours=h) for h in range(STAT_DAYS * 24)]
+        with self.ha.client() as client:
+            for statistic_id, (source, unit, kind) in STATISTICS.items():
+                stats = [_stat_row(kind, start, h) for h, start in enumerate(hours)]
+                client.command({"type": "recorder/import_statistics",
+                                "metadata": {"has_mean": kind == "mean",
+                                             "has_sum": kind == "sum", "name": None,
+                                             "source": source, "statistic_id": statistic_id,
+                                             "unit_of_measurement": unit}, "stats": stats})
+            wait_until(lambda: len(self.statistics(client)) == len(STATISTICS)
+                       and all(len(r) == len(hours) for r in self.statistics(client).values()),
+                       60, "imported statistics recorded")
+
+    def statistics(self, client) -> dict[str, list[dict]]:
+        return client.command({"type": "recorder/statistics_during_period",
+                               "start_time": self.stats_since.isoformat(),
+                               "statistic_ids": sorted(STATISTICS), "period": "hour"}) or {}
+
     def ingestor(self, name: str, database: str, **imports) -> IngestorHarness:
         self.influx.create_database(database)
         ing = IngestorHarness(self.root / name, {
@@ -114,6 +147,7 @@ def scene(tmp_path_factory):
     world = Scene(tmp_path_factory.mktemp("import"))
     try:
         world.record()
+        world.record_statistics()
         yield world
     finally:
         world.ha.stop()
@@ -273,3 +307,34 @@ def test_verify_names_what_was_deleted_and_fill_restores_it(scene):
     drain(ing)
     code, report = verify(ing, scene)
     assert code == 0 and report["missing"] == 0 and report["extra"] == 0, report
+
+
+def test_import_statistics_one_point_per_row_with_the_documented_fields(scene):
+    """Must show 4: every statistics row HA returns is one point (measurement = unit, tags
+    statistic_id/domain/entity_id/period/source, fields as HA returned them, time = period
+    start); a second run changes nothing."""
+    ing = scene.ingestor("stats", "stats")
+    args = ["import", "statistics", "--since", scene.stats_since.isoformat(), "--period", "hour"]
+    args += [arg for sid in STATISTICS for arg in ("--statistic-id", sid)]
+    result = ing.run(*args, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    drain(ing)
+    with scene.ha.client() as client:
+        expected = scene.statistics(client)
+    points = rows(scene.influx, "stats")
+    assert len(points) == sum(len(r) for r in expected.values()) == len(STATISTICS) * 24 * STAT_DAYS
+    for statistic_id, (source, unit, kind) in STATISTICS.items():
+        domain, _, object_id = statistic_id.replace(":", ".").partition(".")
+        tags = tuple(sorted({"statistic_id": statistic_id, "domain": domain,
+                             "entity_id": object_id, "period": "hour",
+                             "source": source}.items()))
+        for row in expected[statistic_id]:
+            key = (unit, tags, int(row["start"]) * 10**6)
+            want = {name: float(row[name]) for name in ("mean", "min", "max", "sum", "state")
+                    if row.get(name) is not None}
+            assert dict(points[key]) == want, (key, points[key], row)
+
+    again = ing.run(*args, timeout=180)
+    assert again.returncode == 0, again.stderr
+    drain(ing)
+    assert rows(scene.influx, "stats") == points
