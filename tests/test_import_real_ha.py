@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import signal
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import strategies as st
 
 from ha_ingestor import queue
 from tests.support.fixtures_homeassistant import ha_venv_or_skip
 from tests.support.fixtures_influx import InfluxServer
 from tests.support.fixtures_ingestor import IngestorHarness
+from tests.support.fuzz import Judge, draw, field_type_conflict, fuzz_examples, fuzz_seed
+from tests.support.fuzz_strategies import TEXT, attributes, states
+from tests.support.influx_readback import read_points
 from tests.support.procs import stop_process, tail, wait_until
 from tests.support.real_ha import HomeAssistantServer
+from tests.support.schema_oracle import Dead, Point, ha_stored, state_changed_point
+from tests.test_fuzz_ha import rest_states
 from tests.test_writer_parity_ha import OPTIONS, ha_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.realha]
@@ -125,12 +133,13 @@ class Scene:
                                "start_time": self.stats_since.isoformat(),
                                "statistic_ids": sorted(STATISTICS), "period": "hour"}) or {}
 
-    def ingestor(self, name: str, database: str, **imports) -> IngestorHarness:
+    def ingestor(self, name: str, database: str, options: dict | None = None,
+                 **imports) -> IngestorHarness:
         self.influx.create_database(database)
         ing = IngestorHarness(self.root / name, {
             "homeassistant": {"enabled": False, "url": self.ha.ws_url, "token": self.ha.token},
             "influxdb": {"url": self.influx.url, "database": database, "flush_interval": "100ms"},
-            "schema": {"state_changed": OPTIONS},
+            "schema": {"state_changed": OPTIONS if options is None else options},
             "import": {"window": "1s", "entities_per_request": 4, **imports}})
         ing.workdir.mkdir(parents=True, exist_ok=True)
         ing.write_config()
@@ -154,7 +163,7 @@ def scene(tmp_path_factory):
         world.influx.stop()
 
 
-def drain(ing: IngestorHarness) -> None:
+def drain(ing: IngestorHarness, dead_letters_expected: bool = False) -> None:
     """Run the writer until import.db is empty, then stop it."""
     writer = ing.start("write", log="writer")
     try:
@@ -162,7 +171,9 @@ def drain(ing: IngestorHarness) -> None:
                    and st.ready == 0 and st.in_flight == 0, 90, "import queue drained")
     finally:
         assert stop_process(writer) == 0, tail(ing.log_path("writer"))
-    assert queue.read_status(ing.queue_dir, "import").dead == 0, tail(ing.log_path("writer"))
+    if not dead_letters_expected:
+        assert queue.read_status(ing.queue_dir, "import").dead == 0, \
+            tail(ing.log_path("writer"))
 
 
 def import_history(ing: IngestorHarness, scene: Scene, *extra: str):
@@ -338,3 +349,154 @@ def test_import_statistics_one_point_per_row_with_the_documented_fields(scene):
     assert again.returncode == 0, again.stderr
     drain(ing)
     assert rows(scene.influx, "stats") == points
+
+
+# ---- property-based: generated history and statistics rows through the real pipeline ----------
+
+def fuzz_count() -> int:
+    """A quarter of the suites' count per boundary: each example is a state HA records, or a
+    statistics row it stores (`make fuzz` raises FUZZ_EXAMPLES)."""
+    return max(40, fuzz_examples() // 4)
+
+
+def dead_by(ing: IngestorHarness, key) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for letter in queue.list_dead(ing.queue_dir, "import"):
+        found.setdefault(key(letter.event), []).append(letter.reason)
+    return found
+
+
+@pytest.mark.fuzz
+def test_any_recorded_state_imports_as_documented_or_is_a_dead_letter(scene, tmp_path):
+    """Hypothesis draws states and attributes (as tests/test_fuzz_ha.py does); the real HA
+    records them (REST), `import history` reads them back from its recorder, the writer writes
+    them; each lands as docs/schema.md says for the state HA recorded, or is a dead letter."""
+    at_seed = fuzz_seed()
+    examples = draw(st.tuples(states(), attributes()), fuzz_count(), at_seed)
+    run = secrets.token_hex(3).replace("0", "a")
+    entity_ids = [f"sensor.fzi{run}_{i}" for i in range(len(examples))]
+    since = datetime.now(timezone.utc)
+    posted = [(e, s, a) for e, (s, a) in zip(entity_ids, examples)]
+    statuses = rest_states(scene.ha, "POST", posted)
+    time.sleep(2.5)                                  # the recorder commits every second
+    until = datetime.now(timezone.utc)
+    try:
+        ing = scene.ingestor("fuzz-history", "fuzz_history", {}, window="1h",
+                             entities_per_request=500)
+        result = ing.run("import", "history", "--since", since.isoformat(), "--until",
+                         until.isoformat(), "--entity", f"sensor.fzi{run}_*", timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        drain(ing, dead_letters_expected=True)
+        recorded = recorded_rows(scene, [e for e, code in zip(entity_ids, statuses)
+                                         if code < 400], since, until)
+    finally:
+        rest_states(scene.ha, "DELETE", posted)
+
+    judge = Judge("import_history", tmp_path, at_seed)
+    expected = []
+    for i, entity_id in enumerate(entity_ids):
+        rows_ = recorded.get(entity_id, [])
+        if statuses[i] >= 400:
+            judge.count("refused by HA's REST API")
+            expected.append(None)
+        elif len(rows_) != 1:
+            judge.failures.append({"index": i, "problem": f"HA recorded {len(rows_)} rows",
+                                   "example": repr(examples[i])})
+            expected.append(None)
+        else:
+            state = {"entity_id": entity_id, "state": rows_[0]["s"],
+                     "attributes": rows_[0].get("a") or {}}
+            expected.append(state_changed_point({"data": {"entity_id": entity_id,
+                                                          "new_state": state}}))
+    by_object: dict[str, list] = {}
+    for (measurement, tags, _time), fields in read_points(scene.influx, "fuzz_history").items():
+        by_object.setdefault(dict(tags).get("entity_id"), []).append(
+            (measurement, dict(tags), fields))
+    dead = dead_by(ing, lambda event: event["event"]["data"]["entity_id"])
+    for i, entity_id in enumerate(entity_ids):
+        if expected[i] is not None:
+            judge.check(i, examples[i], expected[i], by_object.get(entity_id.split(".")[1], []),
+                        dead.get(entity_id, []), lambda i=i: field_type_conflict(expected, i))
+    judge.finish(len(examples))
+    assert judge.counts.get("landed as documented", 0) > len(examples) // 5
+
+
+def recorded_rows(scene: Scene, entity_ids: list[str], since, until) -> dict[str, list[dict]]:
+    with scene.ha.client() as client:
+        return client.command({"type": "history/history_during_period",
+                               "start_time": since.isoformat(), "end_time": until.isoformat(),
+                               "entity_ids": entity_ids, "include_start_time_state": False,
+                               "significant_changes_only": False, "no_attributes": False,
+                               "minimal_response": False}, timeout=120) or {}
+
+
+UNITS = st.one_of(st.none(), st.sampled_from(("°C", "kWh", "#/min", "kW h", "a\\", "", "%",
+                                              'a "b"', "x,y=z")), TEXT)
+VALUE = st.floats(allow_nan=False, allow_infinity=False)
+
+
+def statistic_example() -> st.SearchStrategy:
+    mean = st.fixed_dictionaries({"mean": VALUE, "min": VALUE, "max": VALUE})
+    total = st.fixed_dictionaries({"state": VALUE, "sum": VALUE})
+    return st.tuples(UNITS, st.one_of(mean, total))
+
+
+def statistics_point(statistic_id: str, source: str, unit, row: dict) -> Point | Dead:
+    """docs/import.md, "Statistics in InfluxDB", for one row HA returned."""
+    measurement = unit if unit else statistic_id
+    if re.search(r'\\[, ="]', measurement):
+        return Dead(["no query finds it"])
+    stored = ha_stored(measurement + ("_" if measurement.endswith("\\") else ""))
+    if measurement[:1] in ("#", "\t", "\x00"):
+        stored = "\\" + stored
+    domain, _, object_id = statistic_id.partition(":")
+    fields = {name: float(row[name]) for name in ("mean", "min", "max", "sum", "state")
+              if row.get(name) is not None}
+    return Point(stored, {"statistic_id": statistic_id, "domain": domain,
+                          "entity_id": object_id, "period": "hour", "source": source}, fields)
+
+
+@pytest.mark.fuzz
+def test_any_statistics_row_imports_as_documented_or_is_a_dead_letter(scene, tmp_path):
+    """Hypothesis draws units and values of external statistics; the real HA stores them
+    (recorder/import_statistics), `import statistics` reads them back, the writer writes them;
+    each row lands as docs/import.md says, or is a dead letter with a reason."""
+    at_seed = fuzz_seed()
+    examples = draw(statistic_example(), fuzz_count(), at_seed)
+    source = f"fzs{secrets.token_hex(3).replace('0', 'a')}"
+    hour = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - \
+        timedelta(days=3)
+    ids = [f"{source}:n{i}" for i in range(len(examples))]
+    with scene.ha.client() as client:
+        for statistic_id, (unit, values) in zip(ids, examples):
+            client.command({"type": "recorder/import_statistics",
+                            "metadata": {"has_mean": "mean" in values, "has_sum": "sum" in values,
+                                         "name": None, "source": source,
+                                         "statistic_id": statistic_id,
+                                         "unit_of_measurement": unit},
+                            "stats": [{"start": hour.isoformat(), **values}]})
+        query = {"type": "recorder/statistics_during_period", "start_time": hour.isoformat(),
+                 "statistic_ids": ids, "period": "hour"}
+        wait_until(lambda: len(client.command(query, timeout=60) or {}) == len(ids), 120,
+                   "statistics stored")
+        stored = client.command(query, timeout=60)
+    ing = scene.ingestor("fuzz-stats", "fuzz_stats", statistic_ids_per_request=200)
+    result = ing.run("import", "statistics", "--since", hour.isoformat(), "--statistic-id",
+                     f"{source}:*", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    drain(ing, dead_letters_expected=True)
+
+    judge = Judge("import_statistics", tmp_path, at_seed)
+    by_id: dict[str, list] = {}
+    for (measurement, tags, _time), fields in read_points(scene.influx, "fuzz_stats").items():
+        by_id.setdefault(dict(tags).get("statistic_id"), []).append(
+            (measurement, dict(tags), fields))
+    dead = dead_by(ing, lambda event: event["statistic"]["statistic_id"])
+    for i, statistic_id in enumerate(ids):
+        rows_ = stored.get(statistic_id, [])
+        assert len(rows_) == 1, (statistic_id, rows_)
+        expected = statistics_point(statistic_id, source, examples[i][0], rows_[0])
+        judge.check(i, examples[i], expected, by_id.get(ha_stored(statistic_id), []),
+                    dead.get(statistic_id, []))
+    judge.finish(len(examples))
+    assert judge.counts.get("landed as documented", 0) > len(examples) // 5
