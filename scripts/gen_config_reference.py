@@ -73,8 +73,8 @@ SCHEMA = """\
 ## `schema`
 
 How events become InfluxDB points (read by the writer only): Home Assistant's own `influxdb`
-integration options for `state_changed`, the measurement for every other event type, and the MQTT
-topic rules and presets. The keys and their defaults are described in [schema.md](schema.md).
+integration options for `state_changed`, the measurement for every other event type, the MQTT
+topic rules and presets, and the schema of imported statistics. The keys and their defaults are described in [schema.md](schema.md).
 """
 
 

@@ -200,7 +200,7 @@ TLS_KEYS = [
 ]
 
 QUEUE_KEYS = [
-    Key("dir", v.as_path, "./data/queue", "Directory of the queue files (mqtt.db, ha.db)."),
+    Key("dir", v.as_path, "./data/queue", "Directory of the queue files (mqtt.db, ha.db, import.db)."),
     Key("max_bytes", _named("size", lambda key, value: v.as_size(key, value, MIN_QUEUE_BYTES)),
         "2GiB", "Largest size of one queue file. When full the MQTT "
         "collector stops reading (the broker keeps the messages); the HA collector drops by "
