@@ -67,6 +67,18 @@ def states_in_window(answer: dict, start: datetime, end: datetime) -> Iterator[d
                 yield state
 
 
+def sorted_states(answer: dict, start: datetime, end: datetime) -> Iterator[dict]:
+    """``states_in_window`` by entity id, then time (the order of the job's keys)."""
+    for entity_id in sorted(answer or {}):
+        yield from sorted(states_in_window({entity_id: answer[entity_id]}, start, end),
+                          key=lambda state: time_key(state["last_updated"]))
+
+
+def time_key(iso: str) -> int:
+    """A recorded time as integer microseconds since the epoch (exact, comparable)."""
+    return p.epoch_us(datetime.fromisoformat(iso))
+
+
 def read_window(reader: HAReader, entities: list[str], start: datetime, end: datetime) -> dict:
     return reader.request(p.history_query(entities, start, end)) or {}
 
@@ -108,9 +120,10 @@ def _steps(plan: HistoryPlan, job: Job, queue: ImportQueue, reader: HAReader,
            stop: StopFlag) -> Outcome:
     windows, chunks = plan.windows(), plan.chunks()
 
-    def fetch(index: int) -> list[dict]:
+    def fetch(index: int) -> Iterator[tuple[tuple, dict]]:
         start, end = windows[index // len(chunks)]
         answer = read_window(reader, chunks[index % len(chunks)], start, end)
-        return [state_as_event(state, KIND_IMPORT) for state in states_in_window(answer, start,
-                                                                                 end)]
+        for state in sorted_states(answer, start, end):
+            yield (state["entity_id"], time_key(state["last_updated"])), \
+                state_as_event(state, KIND_IMPORT)
     return run_steps(job, len(windows) * len(chunks), fetch, queue, stop, "import history")

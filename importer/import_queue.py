@@ -31,19 +31,18 @@ class ImportQueue:
         self.stop = stop
         self.appended = 0
 
-    def store(self, envelopes: list[dict], meta: dict[str, str]) -> None:
-        """Append ``envelopes`` (at least one) in batches; ``meta`` goes with the last one."""
+    def store(self, envelopes: list[dict]) -> None:
+        """Append ``envelopes`` (at least one) in batches."""
         for start in range(0, len(envelopes), self.batch_events):
-            batch = envelopes[start:start + self.batch_events]
-            last = start + self.batch_events >= len(envelopes)
-            self._append(batch, meta if last else None)
-            self.appended += len(batch)
+            self.append(envelopes[start:start + self.batch_events])
 
-    def _append(self, batch: list[dict], meta: dict[str, str] | None) -> None:
+    def append(self, batch: list[dict], meta: dict[str, str] | None = None) -> None:
+        """One batch, with ``meta`` in the same transaction; waits while the file is full."""
         waiting = False
         while True:
             try:
                 self.producer.append(batch, meta)
+                self.appended += len(batch)
                 if waiting:
                     log.info("the import queue has room again; continuing")
                 return

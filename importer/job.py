@@ -3,10 +3,12 @@
 The job's key is derived from the command as it was given (``import history --since 10d``), so
 running the same command again after a crash, a SIGKILL or Ctrl-C continues that job: with the
 times it resolved when it started (``10d`` is not re-read against a later "now"), the entities it
-chose then, and from the first step not yet stored. A step is one request (a window of one chunk
-of entities); the checkpoint that says it is done is written in the same SQLite transaction as
-the last batch of its events (``Producer.append(events, meta=...)``), so after a crash every step
-is either stored whole with its checkpoint or not at all: no gap and nothing stored twice.
+chose then, and from the first event not yet stored. A step is one request (a window of one chunk
+of entities); its events come in the order of a key (entity or statistic, then time) and are
+stored in batches, each committed in the same SQLite transaction as the checkpoint that names
+the step and the key of its last event (``Producer.append(events, meta=...)``). After a crash
+the step is read again and the events up to that key are skipped: no gap and nothing stored
+twice, and memory holds one answer and one batch, however large the step.
 
 A finished job is kept as finished; the same command afterwards starts it again from the
 beginning (a second import of a period rewrites identical points, InfluxDB keeps one).
@@ -17,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ha_ingestor.lifecycle import StopFlag
 
@@ -43,7 +45,8 @@ class Job:
         """The plan to follow: the stored one when resuming, else ``plan`` (recorded now)."""
         if self.resuming:
             return self.state["plan"]
-        self.state = {"command": self.command, "plan": plan, "done": 0, "finished": False}
+        self.state = {"command": self.command, "plan": plan, "done": 0, "after": None,
+                      "finished": False}
         self.producer.set_meta(self.key, json.dumps(self.state))
         return plan
 
@@ -52,14 +55,22 @@ class Job:
         """Steps stored (the next step to read is this index)."""
         return int(self.state["done"]) if self.state else 0
 
-    def checkpoint(self, done: int, finished: bool = False) -> dict[str, str]:
-        """The meta to commit with the last batch of step ``done - 1``."""
-        self.state = {**self.state, "done": done, "finished": finished}
+    @property
+    def after(self) -> tuple | None:
+        """In step ``done``: the key of the last event stored (None: nothing of it yet)."""
+        after = self.state.get("after") if self.state else None
+        return tuple(after) if after is not None else None
+
+    def checkpoint(self, done: int, after: tuple | None = None,
+                   finished: bool = False) -> dict[str, str]:
+        """The meta to commit with a batch: steps before ``done`` are stored, and of step
+        ``done`` the events up to the key ``after``."""
+        self.state = {**self.state, "done": done, "after": after, "finished": finished}
         return {self.key: json.dumps(self.state)}
 
     def mark(self, done: int, finished: bool = False) -> None:
-        """The checkpoint for a step that stored nothing."""
-        for key, value in self.checkpoint(done, finished).items():
+        """A checkpoint with no batch to go with (the step's last events were stored)."""
+        for key, value in self.checkpoint(done, None, finished).items():
             self.producer.set_meta(key, value)
 
 
@@ -83,25 +94,44 @@ class Outcome:
     finished: bool
 
 
-def run_steps(job: Job, total: int, fetch: Callable[[int], list[dict]], queue, stop: StopFlag,
+Keyed = Iterable[tuple[tuple, dict]]       # (key, envelope), in key order
+
+
+def run_steps(job: Job, total: int, fetch: Callable[[int], Keyed], queue, stop: StopFlag,
               what: str) -> Outcome:
-    """Steps ``job.done`` .. ``total - 1``: ``fetch(index)`` reads one step's envelopes, which
-    ``queue`` stores with the step's checkpoint. Stops between steps when ``stop`` is set."""
+    """Steps ``job.done`` .. ``total - 1``: ``fetch(index)`` reads one step's envelopes with
+    their keys, which ``queue`` stores in batches with checkpoints. Stops between steps when
+    ``stop`` is set."""
     resumed_at = job.done
     progress = Progress(what, total, resumed_at)
     try:
         for index in range(resumed_at, total):
             if stop.is_set():
                 break
-            envelopes = fetch(index)
-            finished = index + 1 == total
-            if envelopes:
-                queue.store(envelopes, job.checkpoint(index + 1, finished))
-            else:
-                job.mark(index + 1, finished)
-            progress.step(len(envelopes))
+            progress.step(_step(job, index, index + 1 == total, fetch(index), queue))
     finally:
         progress.close()
     if total == 0:
         job.mark(0, True)
     return Outcome(total, job.done, progress.rows, resumed_at, job.done == total)
+
+
+def _step(job: Job, index: int, last: bool, keyed: Keyed, queue) -> int:
+    """Store one step's events after the checkpoint's key; returns how many."""
+    after = job.after if index == job.done else None
+    batch: list[dict] = []
+    stored = 0
+    for key, envelope in keyed:
+        if after is not None and key <= after:
+            continue
+        batch.append(envelope)
+        if len(batch) == queue.batch_events:
+            queue.append(batch, job.checkpoint(index, key))
+            stored += len(batch)
+            batch = []
+    if batch:
+        queue.append(batch, job.checkpoint(index + 1, None, last))
+        stored += len(batch)
+    else:
+        job.mark(index + 1, last)
+    return stored

@@ -17,6 +17,7 @@ from ha_ingestor.errors import ConfigError
 _AGO = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 ONE_MICROSECOND = timedelta(microseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def parse_when(option: str, text: str, now: datetime) -> datetime:
@@ -93,3 +94,9 @@ def select(patterns: Iterable[str], known: Iterable[str]) -> list[str]:
 def chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def epoch_us(moment: datetime) -> int:
+    """An aware datetime as integer microseconds since the epoch (exact, unlike a float)."""
+    delta = moment - EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds

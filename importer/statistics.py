@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import Callable, Iterator
 
 from ha_ingestor.config import Config
 from ha_ingestor.envelope import statistic_row
@@ -82,20 +82,20 @@ def describe(plan: StatisticsPlan) -> str:
             f"statistics: {shown or 'none matched'}{more}")
 
 
-def rows_of(answer: dict, plan: StatisticsPlan) -> list[dict]:
-    """Envelopes of one answer: ``{statistic_id: [{start, end, mean, ...}, ...]}``."""
-    envelopes = []
-    for statistic_id, rows in (answer or {}).items():
+def rows_of(answer: dict, plan: StatisticsPlan) -> Iterator[tuple[tuple, dict]]:
+    """(key, envelope) of one answer, ``{statistic_id: [{start, end, mean, ...}, ...]}``, by
+    statistic_id, then start (the order of the job's keys)."""
+    for statistic_id in sorted(answer or {}):
+        rows = answer[statistic_id]
         meta = plan.statistics.get(statistic_id, {})
-        for row in rows if isinstance(rows, list) else ():
-            if not isinstance(row, dict) or "start" not in row:
-                continue
+        rows = [row for row in rows if isinstance(row, dict)
+                and isinstance(row.get("start"), (int, float))] if isinstance(rows, list) else []
+        for row in sorted(rows, key=lambda row: row["start"]):
             record = {"statistic_id": statistic_id, "period": plan.period,
                       "unit": meta.get("unit"), "source": meta.get("source"),
                       "start": row["start"]}
             record.update({name: row[name] for name in VALUES if row.get(name) is not None})
-            envelopes.append(statistic_row(record))
-    return envelopes
+            yield (statistic_id, row["start"]), statistic_row(record)
 
 
 def run(config: Config, plan: StatisticsPlan, command: dict, reader: HAReader, stop: StopFlag,
@@ -106,7 +106,7 @@ def run(config: Config, plan: StatisticsPlan, command: dict, reader: HAReader, s
         plan = StatisticsPlan.from_dict(stored)
         windows, chunks = plan.windows(), plan.chunks()
 
-        def fetch(index: int) -> list[dict]:
+        def fetch(index: int) -> Iterator[tuple[tuple, dict]]:
             start, end = windows[index // len(chunks)]
             answer = reader.request({"type": "recorder/statistics_during_period",
                                      "start_time": start.isoformat(),

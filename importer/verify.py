@@ -12,7 +12,7 @@ Missing changes are named as ranges of consecutive recorded changes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
 from ha_ingestor.config import Config
 from ha_ingestor.envelope import KIND_IMPORT, state_as_event
@@ -164,7 +164,7 @@ class _Checker:
                     count.missing += 1
                     missing_envelopes.append(changes[time_ns])
         if self.queue is not None and missing_envelopes:
-            self.queue.store(missing_envelopes, {})
+            self.queue.store(missing_envelopes)
             report.filled += len(missing_envelopes)
         return sum(len(changes) for changes in expected.values())
 
@@ -188,5 +188,4 @@ def _split(entity_id: str) -> tuple[str, str] | None:
 
 
 def _ns(moment: datetime) -> int:
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+    return p.epoch_us(moment) * 1000
