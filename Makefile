@@ -68,6 +68,7 @@ bench: system-deps venv
 	$(PY) bench/mqtt_bench.py
 	$(PY) bench/ha_bench.py
 	$(PY) bench/writer_bench.py
+	$(PY) bench/import_bench.py
 	$(PY) bench/e2e_bench.py
 
 clean:

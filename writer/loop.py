@@ -86,6 +86,7 @@ class WriterLoop:
         self.influx_ok = False
         self.queue_ok = True
         self._next_source = 0
+        self._importing = False          # the last look at the import queue found events
         self._checked_files_at = 0.0
         self._status_at = 0.0
         self._points_since_status = 0
@@ -151,17 +152,22 @@ class WriterLoop:
 
     def _take_round(self) -> Round:
         """Up to batch_size events, fairly across the live sources; waits up to flush_interval
-        for more when the first take did not fill the batch. The import queue only when no live
-        event waits, and at most IMPORT_ROUND_EVENTS of it, so that a live event that arrives
-        meanwhile waits for one small write at most."""
+        for more when the first take did not fill the batch.
+
+        Live data first: the import queue only in a round where no live event waits, at most
+        IMPORT_ROUND_EVENTS of it, so that a live event arriving meanwhile waits for one small
+        write at most; and while the import queue has events, a round with live events is
+        written at once instead of waiting flush_interval for more (the writer is busy with the
+        import anyway, and the live events should not wait behind it)."""
         batch = Round()
         deadline = time.monotonic() + self.flush_interval
         while True:
             took = self._take_fair(batch)
             if batch.events == 0 and IMPORT in self.consumers:
-                self._take_share(batch, IMPORT, min(self.batch_size, IMPORT_ROUND_EVENTS))
+                self._importing = self._take_share(batch, IMPORT,
+                                                   min(self.batch_size, IMPORT_ROUND_EVENTS))
                 break
-            if batch.events >= self.batch_size or self.stop.is_set():
+            if batch.events >= self.batch_size or self.stop.is_set() or self._importing:
                 break
             remaining = deadline - time.monotonic()
             if batch.events == 0 or remaining <= 0:
