@@ -1,5 +1,5 @@
 """`ha-ingestor import history`, `import statistics` and `verify` against a real Home Assistant
-2024.3.3 whose recorder the test fills, with HA's own `influxdb` integration writing the same
+(every tested release: 2024.3.3 and 2025.4.4) whose recorder the test fills, with HA's own `influxdb` integration writing the same
 state changes live into another database of the same InfluxDB 1.6.7 (as the parity tests do).
 
 State changes cannot be recorded in the past through HA's API, so they span seconds, not hours;
@@ -35,7 +35,6 @@ from tests.test_writer_parity_ha import OPTIONS, ha_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.realha]
 
-HA_VERSION = "2024.3.3"
 STAT_DAYS = 35
 STATISTICS = {"sensor.acc_energy": ("recorder", "kWh", "sum"),
               "ha_ingestor_test:outdoor": ("ha_ingestor_test", "°C", "mean")}
@@ -90,12 +89,12 @@ def rows(influx, db: str, since_ns: int = 0) -> dict[tuple, tuple]:
 class Scene:
     """The shared world: InfluxDB, HA with its influxdb integration, the recorded period."""
 
-    def __init__(self, root):
+    def __init__(self, root, version: str):
         self.root = root
         self.influx = InfluxServer(root / "influx").start()
         self.influx.create_database("ha_own")
         self.ha = HomeAssistantServer(root / "ha", extra_yaml=ha_yaml(self.influx.port),
-                                      version=HA_VERSION)
+                                      version=version)
         self.since = self.until = None
         self.changes: list[dict] = []
 
@@ -152,9 +151,9 @@ class Scene:
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    ha_venv_or_skip(HA_VERSION, ("influxdb",))
-    world = Scene(tmp_path_factory.mktemp("import"))
+def scene(ha_version, tmp_path_factory):
+    ha_venv_or_skip(ha_version, ("influxdb",))
+    world = Scene(tmp_path_factory.mktemp(f"import-{ha_version}"), ha_version)
     try:
         world.record()
         world.record_statistics()
