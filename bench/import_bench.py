@@ -48,6 +48,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ha_ingestor import queue  # noqa: E402
+from ha_ingestor.config import load_config  # noqa: E402
 from ha_ingestor.envelope import ha_event  # noqa: E402
 from tests.support.fixtures_influx import InfluxServer  # noqa: E402
 from tests.support.procs import start_process, stop_process, tail  # noqa: E402
@@ -109,6 +110,12 @@ def fill_recorder(db_path: Path, rows: int, entities: int, end: datetime) -> lis
 def _insert_states(conn: sqlite3.Connection, batch: list[tuple]) -> None:
     conn.executemany("INSERT INTO states (state, last_changed_ts, last_updated_ts, attributes_id,"
                      " metadata_id, origin_idx) VALUES (?, ?, ?, ?, ?, 0)", batch)
+
+
+def import_defaults() -> tuple[float, int]:
+    """``import.window`` and ``import.entities_per_request`` as the import runs them here."""
+    config = load_config(None, {"HA_INGESTOR_HOMEASSISTANT__ENABLED": "false"})
+    return config.imports.window, config.imports.entities_per_request
 
 
 # ---- HA alone -----------------------------------------------------------------------------------
@@ -284,10 +291,11 @@ def main() -> int:
         result["fill_seconds"] = time.monotonic() - began
         ha.start()
         start = end - timedelta(hours=24)
-        ha_alone(ha, ids, start, end, 3600, 50)            # warms HA's caches for both
+        window, per_request = import_defaults()
+        ha_alone(ha, ids, start, end, window, per_request)  # warms HA's caches for both
         with_import = write_config(work / "with-import", ha, influx)
         result["import"] = run_import(with_import, ids, start, end)
-        result["ha_alone"] = ha_alone(ha, ids, start, end, 3600, 50)
+        result["ha_alone"] = ha_alone(ha, ids, start, end, window, per_request)
         result["import"]["ha_share"] = result["ha_alone"]["seconds"] / result["import"]["seconds"]
         without = write_config(work / "without-import", ha, influx)
         runs = []

@@ -10,6 +10,8 @@ error is ``RequestRefused`` naming the command and HA's reason.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from ha_ingestor.backoff import Backoff
@@ -83,6 +85,15 @@ class HAReader:
                     raise Stopped("stopped while waiting for Home Assistant") from None
         raise AssertionError("unreachable")
 
+    def submit(self, message: dict) -> "Pending":
+        """Send ``message`` now and return at once; ``Pending.result()`` waits for the answer.
+        So the next window can be on its way while the last one is stored."""
+        try:
+            future = self._connect().send(message)[1]
+        except TransientError:
+            future = None                     # result() asks again, with the backoff
+        return Pending(self, message, future)
+
     def entity_ids(self) -> list[str]:
         """Every entity HA knows now: its states, and its entity registry (entities without a
         state right now, e.g. disabled ones, may still have history)."""
@@ -101,6 +112,28 @@ class HAReader:
         if self.connection is not None:
             self.connection.close("import finished")
             self.connection = None
+
+
+class Pending:
+    """A request sent ahead of time."""
+
+    def __init__(self, reader: HAReader, message: dict, future: Future | None):
+        self.reader, self.message, self.future = reader, message, future
+
+    def result(self) -> Any:
+        """HA's answer; a first try that failed is asked again as ``HAReader.request`` does."""
+        if self.future is not None:
+            try:
+                return self.future.result(self.reader.timeout)
+            except CommandError as exc:
+                raise RequestRefused(_refused_text(exc)) from None
+            except (TransientError, FutureTimeout) as exc:
+                log.warning("Home Assistant: %s; asking again",
+                            exc or f"no answer to {self.message.get('type')}")
+                self.reader.close()
+            finally:
+                self.future = None
+        return self.reader.request(self.message)
 
 
 def _refused_text(exc: CommandError) -> str:

@@ -4,8 +4,8 @@ Each recorded change becomes the ``state_changed`` envelope the HA collector wou
 for it live (``time_fired`` = ``last_updated``; see ``collectors.homeassistant.backfill``), kind
 ``import``, so the writer converts it with the same code into the same point. The period is read
 window by window (``import.window``) and, within a window, ``import.entities_per_request``
-entities at a time: one request is one step of the job (``importer.job``), and memory holds one
-answer at a time whatever the period.
+entities at a time: one request is one step of the job (``importer.job``); the next request is
+on its way while a step is stored, so memory holds at most two answers whatever the period.
 """
 
 from __future__ import annotations
@@ -120,10 +120,14 @@ def _steps(plan: HistoryPlan, job: Job, queue: ImportQueue, reader: HAReader,
            stop: StopFlag) -> Outcome:
     windows, chunks = plan.windows(), plan.chunks()
 
-    def fetch(index: int) -> Iterator[tuple[tuple, dict]]:
-        start, end = windows[index // len(chunks)]
-        answer = read_window(reader, chunks[index % len(chunks)], start, end)
-        for state in sorted_states(answer, start, end):
+    def bounds(index: int) -> tuple[datetime, datetime]:
+        return windows[index // len(chunks)]
+
+    def ask(index: int):
+        return reader.submit(p.history_query(chunks[index % len(chunks)], *bounds(index)))
+
+    def read(index: int, answer: dict) -> Iterator[tuple[tuple, dict]]:
+        for state in sorted_states(answer or {}, *bounds(index)):
             yield (state["entity_id"], time_key(state["last_updated"])), \
                 state_as_event(state, KIND_IMPORT)
-    return run_steps(job, len(windows) * len(chunks), fetch, queue, stop, "import history")
+    return run_steps(job, len(windows) * len(chunks), ask, read, queue, stop, "import history")

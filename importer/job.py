@@ -8,7 +8,7 @@ of entities); its events come in the order of a key (entity or statistic, then t
 stored in batches, each committed in the same SQLite transaction as the checkpoint that names
 the step and the key of its last event (``Producer.append(events, meta=...)``). After a crash
 the step is read again and the events up to that key are skipped: no gap and nothing stored
-twice, and memory holds one answer and one batch, however large the step.
+twice, and memory holds one batch of events, however large the step.
 
 A finished job is kept as finished; the same command afterwards starts it again from the
 beginning (a second import of a period rewrites identical points, InfluxDB keeps one).
@@ -97,18 +97,24 @@ class Outcome:
 Keyed = Iterable[tuple[tuple, dict]]       # (key, envelope), in key order
 
 
-def run_steps(job: Job, total: int, fetch: Callable[[int], Keyed], queue, stop: StopFlag,
-              what: str) -> Outcome:
-    """Steps ``job.done`` .. ``total - 1``: ``fetch(index)`` reads one step's envelopes with
-    their keys, which ``queue`` stores in batches with checkpoints. Stops between steps when
-    ``stop`` is set."""
+def run_steps(job: Job, total: int, ask: Callable[[int], Any],
+              read: Callable[[int, Any], Keyed], queue, stop: StopFlag, what: str) -> Outcome:
+    """Steps ``job.done`` .. ``total - 1``: ``ask(index)`` sends a step's request and returns
+    its pending answer (``.result()``), ``read(index, answer)`` gives its envelopes with their
+    keys, which ``queue`` stores in batches with checkpoints. The next step's request is sent
+    before a step is stored, so HA answers while we store. Stops between steps when ``stop``
+    is set."""
     resumed_at = job.done
     progress = Progress(what, total, resumed_at)
+    pending = ask(resumed_at) if resumed_at < total else None
     try:
         for index in range(resumed_at, total):
             if stop.is_set():
                 break
-            progress.step(_step(job, index, index + 1 == total, fetch(index), queue))
+            answer = pending.result()
+            pending = ask(index + 1) if index + 1 < total else None
+            progress.step(_step(job, index, index + 1 == total, read(index, answer), queue))
+            del answer
     finally:
         progress.close()
     if total == 0:

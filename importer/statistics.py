@@ -106,15 +106,14 @@ def run(config: Config, plan: StatisticsPlan, command: dict, reader: HAReader, s
         plan = StatisticsPlan.from_dict(stored)
         windows, chunks = plan.windows(), plan.chunks()
 
-        def fetch(index: int) -> Iterator[tuple[tuple, dict]]:
+        def ask(index: int):
             start, end = windows[index // len(chunks)]
-            answer = reader.request({"type": "recorder/statistics_during_period",
-                                     "start_time": start.isoformat(),
-                                     "end_time": end.isoformat(),
-                                     "statistic_ids": chunks[index % len(chunks)],
-                                     "period": plan.period, "types": TYPES})
-            return rows_of(answer, plan)
-        return run_steps(job, len(windows) * len(chunks), fetch, queue, stop,
+            return reader.submit({"type": "recorder/statistics_during_period",
+                                  "start_time": start.isoformat(), "end_time": end.isoformat(),
+                                  "statistic_ids": chunks[index % len(chunks)],
+                                  "period": plan.period, "types": TYPES})
+        return run_steps(job, len(windows) * len(chunks), ask,
+                         lambda _index, answer: rows_of(answer, plan), queue, stop,
                          "import statistics")
     finally:
         queue.close()

@@ -63,6 +63,16 @@ def keyed(step: int, count: int, crash_after: int | None = None):
         yield (f"sensor.s{step}", i), {"src": "ha", "kind": "import", "step": step, "i": i}
 
 
+class Answer:
+    """A step's answer that is there at once (HA's part is not what this test is about)."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def result(self) -> int:
+        return self.index
+
+
 def test_a_step_interrupted_between_batches_continues_after_its_last_stored_event(tmp_path):
     config = load_config(None, {"HA_INGESTOR_QUEUE__DIR": str(tmp_path),
                                 "HA_INGESTOR_QUEUE__BATCH_EVENTS": "4",
@@ -74,8 +84,8 @@ def test_a_step_interrupted_between_batches_continues_after_its_last_stored_even
         store = ImportQueue(config, StopFlag())
         try:
             job, _ = open_job(store.producer, "history", command, {"p": 1}, lambda _t: None)
-            run_steps(job, len(sizes), lambda i: keyed(i, sizes[i], 6 if i == crash_in else None),
-                      store, StopFlag(), "test")
+            run_steps(job, len(sizes), Answer, lambda i, _answer: keyed(
+                i, sizes[i], 6 if i == crash_in else None), store, StopFlag(), "test")
         finally:
             store.close()
 

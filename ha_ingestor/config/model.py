@@ -295,9 +295,8 @@ RUN_KEYS = [
 
 IMPORT_KEYS = [
     Key("window", _duration_min(1), "1h", "`import history` and `verify` read HA's recorder in "
-        "windows of this length (one window is what memory holds at a time, and the unit of "
-        "resuming)."),
-    Key("entities_per_request", _between(1, 10_000), 50, "Entities in one "
+        "windows of this length (with `entities_per_request`, what one request reads)."),
+    Key("entities_per_request", _between(1, 10_000), 25, "Entities in one "
         "`history/history_during_period` request; with `window`, this sizes each answer so HA "
         "stays responsive."),
     Key("statistics_window", _duration_min(60), "30d", "`import statistics` reads this much "
