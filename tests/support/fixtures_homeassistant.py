@@ -4,6 +4,8 @@
   test in the session; tests that restart it leave it running.
 - ``real_ha_factory`` (function): ``real_ha_factory(extra_yaml="influxdb: ...", recorder=True)``
   starts another real HA in the test's tmp dir and stops it at teardown.
+- ``big_real_ha`` (module): another real HA with 5 000 more entities (``sensor.load_NNNN``,
+  tests/support/ha_load.py) for catch-up tests on a big installation.
 - ``ha_test_server`` (function): an in-process ``HATestServer`` (faults on demand).
 
 Outside CI a machine that cannot install HA skips the real-HA tests; under CI=true it fails them.
@@ -15,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ha_load import start_big_ha
 from tests.support.procs import in_ci, tail, wait_until
 from tests.support.real_ha import HAStartError, HomeAssistantServer, ensure_ha_venv
+
+BIG_HA_ENTITIES = 5000
 
 
 def _venv_or_skip() -> Path:
@@ -55,6 +60,16 @@ def real_ha_factory(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def big_real_ha(tmp_path_factory):
+    """A running real HA with recorder and history and ``BIG_HA_ENTITIES`` power sensors
+    (``sensor.load_0000`` ...) besides the usual helpers; shared by one test module."""
+    _venv_or_skip()
+    server = start_big_ha(tmp_path_factory.mktemp("big-ha"), entities=BIG_HA_ENTITIES)
+    yield server
+    server.stop()
 
 
 @pytest.fixture
