@@ -166,10 +166,13 @@ def test_sigkill_while_ha_keeps_changing_states(ingestor, real_ha):
         if envelope["kind"] == "resync":
             resync[envelope["event"]["data"]["entity_id"]] = envelope["event"]
     assert set(current) <= set(resync)
-    latest = {}
+    latest: dict[str, dict] = {}     # per entity, the newest state stored (by time, as InfluxDB)
     for envelope in state_changes(envelopes):
-        latest[envelope["event"]["data"]["entity_id"]] = envelope["event"]["data"]["new_state"]
-    for entity_id, state in current.items():   # the queue ends with HA's current state
+        state = envelope["event"]["data"]["new_state"]
+        known = latest.get(state["entity_id"])
+        if known is None or state["last_updated"] >= known["last_updated"]:
+            latest[state["entity_id"]] = state
+    for entity_id, state in current.items():   # the newest stored is HA's current state
         assert latest[entity_id]["state"] == state["state"], entity_id
         assert latest[entity_id]["last_updated"] == state["last_updated"], entity_id
     proc.send_signal(signal.SIGTERM)
