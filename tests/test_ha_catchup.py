@@ -151,8 +151,8 @@ def test_queue_full_during_catch_up_drops_only_while_full_and_restores_them(
     collector = ing.start("collect", "ha", log="ha")
     port = ing.config["metrics"]["ports"]["ha"]
     try:
-        wait_until(lambda: drop_lines(ing), 120, "live events dropped while the queue is full",
-                   interval=0.5)
+        wait_until(lambda: drop_lines(ing), HANDOFF / RATE + 120,   # the hand-off fills first
+                   "live events dropped while the queue is full", interval=0.5)
     except TimeoutError as exc:
         pytest.fail(f"{exc}\n{tail(ing.log_path('ha'), 30)}")
     time.sleep(5)
