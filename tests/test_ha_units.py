@@ -5,10 +5,13 @@ accepted and dropped live events."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import time
+from datetime import datetime, timedelta, timezone
 
-from collectors.homeassistant.backfill import (MAX_WINDOW_S, MIN_WINDOW_S, ROWS_PER_REQUEST,
-                                               compressed_to_state, iso_before, next_window)
+from collectors.homeassistant.backfill import (GROUP_ENTITIES, MAX_WINDOW_S, MIN_WINDOW_S,
+                                               ROWS_PER_REQUEST, Backfill, Plan,
+                                               compressed_to_state, iso_before, iso_from_epoch,
+                                               next_window)
 from collectors.homeassistant.committer import Watermarks
 from collectors.homeassistant.handoff import DROP_NEWEST, DROP_OLDEST, Control, Handoff
 from collectors.homeassistant.ledger import LiveLedger
@@ -59,6 +62,47 @@ def test_history_windows_adapt_to_the_density_of_the_last_one():
 def test_one_microsecond_before_keeps_the_format():
     assert iso_before("2026-01-01T00:00:01+00:00") == "2026-01-01T00:00:00.999999+00:00"
     assert iso_before("2026-01-01T00:00:01.000001+00:00") == "2026-01-01T00:00:01+00:00"
+
+
+def canned_recorder(changes: dict[str, list[float]]):
+    """history/history_during_period over ``changes`` (entity -> lu), HA's filters and format."""
+    queries: list[dict] = []
+
+    def request(query: dict, _timeout: float) -> dict:
+        queries.append(query)
+        start = datetime.fromisoformat(query["start_time"]).timestamp()
+        end = datetime.fromisoformat(query["end_time"]).timestamp() \
+            if "end_time" in query else float("inf")
+        return {e: [{"s": "1", "a": {"unit_of_measurement": "W"}, "lu": lu}
+                    for lu in changes[e] if start < lu < end] for e in query["entity_ids"]}
+    return request, queries
+
+
+def test_a_pass_stores_each_new_change_once_and_counts_the_tracked_ones():
+    now = time.time()
+    changes = {f"sensor.e{n:03d}": [now - 3000 + k * 100 + n / 1000 for k in range(25)]
+               for n in range(150)}
+    request, queries = canned_recorder(changes)
+    ledger, chunks = LiveLedger(), []
+    seen = ("sensor.e001", iso_from_epoch(changes["sensor.e001"][3]))
+    ledger.remember([seen])                                        # received live: not again
+    backfill = Backfill(request, ledger, chunks.append, 10, chunk=100)
+    plan = Plan(datetime.now(timezone.utc) - timedelta(hours=1), sorted(changes),
+                after={"sensor.e000": iso_from_epoch(changes["sensor.e000"][9])},   # committed
+                remember_from=iso_from_epoch(now - 1000),
+                track={"sensor.e002": iso_from_epoch(changes["sensor.e002"][5])})
+    result = backfill.run_pass(plan)
+    stored = [(e["event"]["data"]["entity_id"], e["event"]["time_fired"]) for c in chunks
+              for e in c]
+    assert result.stored == len(stored) == len(set(stored)) == 150 * 25 - 10 - 1
+    assert seen not in stored and ("sensor.e000", iso_from_epoch(changes["sensor.e000"][9])) \
+        not in stored
+    assert result.tracked == {"sensor.e002": 20}
+    assert max(len(c) for c in chunks) == 100 and all(e["kind"] == "backfill" for c in chunks
+                                                        for e in c)
+    assert max(len(q["entity_ids"]) for q in queries) == GROUP_ENTITIES
+    assert ledger.is_seen(("sensor.e003", iso_from_epoch(changes["sensor.e003"][24])))
+    assert not ledger.is_seen(("sensor.e003", iso_from_epoch(changes["sensor.e003"][0])))
 
 
 def test_watermarks_follow_the_newest_state_change_per_entity():

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ha_ingestor.envelope import KIND_BACKFILL, state_as_event
 
@@ -148,16 +148,27 @@ class Backfill:
 
     def _store_answer(self, answer: dict, plan: Plan, newest: dict[str, str],
                       result: Result) -> int:
-        """Hand on the new changes of one answer; returns how many rows it held."""
+        """Hand on the new changes of one answer in chunks; returns how many rows it held."""
         chunk: list[dict] = []
         remember: list[tuple[str, str]] = []
-        count = 0
+        for entity_id, state in self._new_states(answer, plan, newest, result):
+            if state["last_updated"] >= plan.remember_from:
+                remember.append((entity_id, state["last_updated"]))
+            chunk.append(state_as_event(state, KIND_BACKFILL))
+            if len(chunk) >= self.chunk:
+                self._hand_on(chunk, remember, result)
+                chunk, remember = [], []
+        if chunk:
+            self._hand_on(chunk, remember, result)
+        return sum(len(rows) for rows in answer.values() if isinstance(rows, list))
+
+    def _new_states(self, answer: dict, plan: Plan, newest: dict[str, str],
+                    result: Result) -> Iterator[tuple[str, dict]]:
+        """The answer's changes not committed, seen or stored by this pass yet, as HA states."""
         for entity_id, rows in answer.items():
             floor = max(plan.after.get(entity_id, ""), newest.get(entity_id, ""))
             tracked_from = plan.track.get(entity_id)
-            rows = rows if isinstance(rows, list) else ()
-            count += len(rows)
-            for row in rows:
+            for row in rows if isinstance(rows, list) else ():
                 if not isinstance(row, dict) or not isinstance(row.get("lu"), (int, float)):
                     continue
                 state = compressed_to_state(entity_id, row)
@@ -165,17 +176,9 @@ class Backfill:
                 if fired <= floor or self.ledger.is_seen((entity_id, fired)):
                     continue
                 newest[entity_id] = floor = fired
-                if fired >= plan.remember_from:
-                    remember.append((entity_id, fired))
                 if tracked_from is not None and fired >= tracked_from:
                     result.tracked[entity_id] += 1
-                chunk.append(state_as_event(state, KIND_BACKFILL))
-                if len(chunk) >= self.chunk:
-                    self._hand_on(chunk, remember, result)
-                    chunk, remember = [], []
-        if chunk:
-            self._hand_on(chunk, remember, result)
-        return count
+                yield entity_id, state
 
     def _hand_on(self, chunk: list[dict], remember: list[tuple[str, str]],
                  result: Result) -> None:
