@@ -156,6 +156,7 @@ def test_a_large_catch_up_chunk_goes_in_alone():
 
 def test_a_dropped_state_change_is_not_seen_and_waits_for_a_pass():
     ledger = LiveLedger()
+    ledger.track([])
     accepted = [live(1, "sensor.a"), live(2, "sensor.a"), live(3, "sensor.b")]
     ledger.accepted(accepted)
     call = ha_event({"event_type": "call_service", "time_fired": "2026-01-01T00:00:04+00:00",
@@ -176,8 +177,16 @@ def test_a_dropped_state_change_is_not_seen_and_waits_for_a_pass():
     assert ledger.take_report() is None
 
 
-def test_seen_is_pruned_by_time():
+def test_seen_is_kept_only_while_a_catch_up_or_restore_needs_it():
     ledger = LiveLedger()
-    ledger.accepted([live(n) for n in range(1, 6)])
-    ledger.prune("2026-01-01T00:00:03+00:00")
-    assert ledger.seen_count() == 3
+    ledger.accepted([live(1)])
+    assert not ledger.is_seen(("sensor.x", live(1)["event"]["time_fired"]))   # steady state
+    ledger.track([live(2)])                          # what waits in the hand-off, then new ones
+    ledger.accepted([live(3)])
+    assert all(ledger.is_seen(("sensor.x", live(n)["event"]["time_fired"])) for n in (2, 3))
+    ledger.dropped_events([live(4)], queue_full=True)
+    ledger.stop_tracking()                           # a drop is pending: still needed
+    assert ledger.tracking and ledger.seen_count() == 2
+    ledger.take_pending()
+    ledger.stop_tracking()
+    assert not ledger.tracking and ledger.seen_count() == 0

@@ -91,6 +91,7 @@ class CatchUp:
         precise = not self.committer.holding
         self.committer.hold()
         self._marks = self.committer.snapshot_marks(precise)
+        self.ledger.track([], fresh=True)    # live events of this connection, from the first
 
     def after_connect(self, subscribed_at: float) -> None:
         """Passes 1 and 2, the resync, the restore of drops, the release."""
@@ -154,6 +155,7 @@ class CatchUp:
             lambda: self.ledger.state_drops == total)
         self._wait_for(released.done)
         if released.result():
+            self.ledger.stop_tracking()
             log.info("caught up: %d backfilled state changes (%d of them restored after drops) "
                      "and %d resync states are durable", self.counts["backfilled"],
                      self.counts["restored"], self.counts["resync"])

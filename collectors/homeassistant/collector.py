@@ -21,7 +21,6 @@ from ha_ingestor.envelope import HA, KIND_LIVE
 from ha_ingestor.errors import AuthError, ConfigError, TransientError
 from ha_ingestor.lifecycle import StopFlag
 
-from collectors.homeassistant.backfill import iso_from_epoch
 from collectors.homeassistant.catchup import REQUEST_TIMEOUT_S, CatchUp
 from collectors.homeassistant.committer import Committer
 from collectors.homeassistant.connection import CommandError, HAConnection
@@ -32,8 +31,6 @@ log = logging.getLogger(__name__)
 
 CATCHUP_CHUNK_MAX = 1000        # catch-up events handed on at once (twice that may wait)
 DROP_LOG_EVERY_S = 10.0
-PRUNE_EVERY_S = 10.0
-SEEN_KEEP_S = 60.0              # live state changes remembered as seen at least this long
 
 
 class HACollector:
@@ -50,7 +47,6 @@ class HACollector:
         self.connection: HAConnection | None = None
         self._no_history_logged = False
         self._drops_logged_at = float("-inf")
-        self._pruned_at = 0.0
         self._received = metrics.EVENTS_RECEIVED.labels(HA)
         self._dropped = metrics.EVENTS_DROPPED.labels(HA, self.ha.full_policy)
         self._connected = metrics.CONNECTED.labels("ha")
@@ -120,7 +116,6 @@ class HACollector:
             self._check(connection)
             if self.ledger.has_pending():
                 catch_up.restore_dropped()
-            self._prune_seen()
             self.stop.wait(0.2)
 
     def _check(self, connection: HAConnection) -> None:
@@ -179,8 +174,10 @@ class HACollector:
             self._dropped.inc(len(dropped))
             if self.ledger.dropped_events(dropped, self.committer.full()):
                 self.committer.hold()            # until they are restored from the recorder
+                if not self.ledger.tracking:     # what waits and what comes is not restored
+                    self.ledger.track(self.handoff.waiting_live())
 
-    # -- requests, drops, memory ----------------------------------------------------------------
+    # -- requests and drops ---------------------------------------------------------------------
     def _request(self, message: dict, timeout: float):
         """A command from the main thread: waits for the result, a stop request or ``timeout``
         (a frozen HA is cut off sooner by the keepalive)."""
@@ -210,19 +207,6 @@ class HACollector:
         if report is not None:
             log.error("%s", report.describe(self.ha.full_policy, self.handoff.dropped))
             self._drops_logged_at = now
-
-    def _prune_seen(self) -> None:
-        """Forget live state changes no backfill pass can meet again: older than SEEN_KEEP_S,
-        than the earliest drop still to restore, and than any live event still waiting."""
-        now = time.monotonic()
-        if now - self._pruned_at < PRUNE_EVERY_S:
-            return
-        self._pruned_at = now
-        floor = iso_from_epoch(time.time() - SEEN_KEEP_S)
-        for other in (self.ledger.earliest_pending(), self.handoff.oldest_live_time()):
-            if other:
-                floor = min(floor, other)
-        self.ledger.prune(floor)
 
     def _no_history(self, exc: CommandError) -> None:
         metrics.GAPS.inc()

@@ -120,13 +120,10 @@ class Handoff:
                 self._room.notify_all()
             return items
 
-    def oldest_live_time(self) -> str | None:
-        """``time_fired`` of the oldest live event waiting (None when there is none)."""
+    def waiting_live(self) -> list[dict]:
+        """The live events waiting, oldest first (a copy)."""
         with self._lock:
-            for item in self._items:
-                if is_live(item):
-                    return item["event"].get("time_fired")
-        return None
+            return [item for item in self._items if is_live(item)]
 
     def wake(self) -> None:
         with self._lock:

@@ -1,15 +1,17 @@
 """What became of the live events: which state changes the hand-off accepted, which it dropped,
 and which other events were lost.
 
-- ``seen``: the (entity_id, time_fired) of live state changes accepted into the hand-off. A
-  backfill pass never stores one of these again.
+- ``seen``: the (entity_id, time_fired) of live state changes accepted into the hand-off while a
+  catch-up or a restore is under way (``track``, until ``stop_tracking``). A backfill pass never
+  stores one of these again. Outside those times nothing reads it, so nothing is kept: its size
+  follows the live events of one catch-up, not the rate times a fixed time.
 - A dropped state change is *not* seen: it is removed from ``seen`` and noted as pending (per
   entity, the earliest such change and how many), so a later backfill pass restores it from HA's
   recorder once the queue has room again.
 - A dropped event of any other type is lost: HA keeps no history of it. It is counted, with the
   time range and the event types, for the log and ``ha_ingestor_ha_lost_events_total``.
 
-The reader thread records; the main thread takes what is pending, reports and prunes ``seen``.
+The reader thread records; the main thread takes what is pending and reports.
 """
 
 from __future__ import annotations
@@ -88,13 +90,32 @@ class LiveLedger:
         self._seen: set[tuple[str, str]] = set()
         self._pending: dict[str, Pending] = {}
         self._report = DropReport()
+        self.tracking = False         # keeping ``seen``
         self.state_drops = 0          # state changes dropped, in total
         self.dropped = 0              # events dropped, in total
         self.last_drop = 0.0          # monotonic time of the latest drop
 
+    def track(self, waiting: list[dict], fresh: bool = False) -> None:
+        """Keep ``seen`` from now on, starting with the live events ``waiting`` in the hand-off
+        (``fresh``: forget what was seen before)."""
+        with self._lock:
+            if fresh:
+                self._seen = set()
+            self.tracking = True
+            self._seen.update(key for key in (state_key(e["event"]) for e in waiting) if key)
+
+    def stop_tracking(self) -> None:
+        """A catch-up or restore is durable: forget ``seen``, unless a drop is pending again."""
+        with self._lock:
+            if not self._pending:
+                self.tracking = False
+                self._seen = set()
+
     # -- the reader thread ----------------------------------------------------------------------
     def accepted(self, envelopes: list[dict]) -> None:
         """Live events about to enter the hand-off (seen from now on, unless dropped)."""
+        if not self.tracking:
+            return
         keys = [key for key in (state_key(e["event"]) for e in envelopes) if key]
         if keys:
             with self._lock:
@@ -146,15 +167,6 @@ class LiveLedger:
         with self._lock:
             pending, self._pending = self._pending, {}
             return pending, self.state_drops
-
-    def earliest_pending(self) -> str | None:
-        with self._lock:
-            return min((p.earliest for p in self._pending.values()), default=None)
-
-    def prune(self, before: str) -> None:
-        """Forget seen state changes fired before ``before`` (a pass never reads them again)."""
-        with self._lock:
-            self._seen = {key for key in self._seen if key[1] >= before}
 
     def seen_count(self) -> int:
         return len(self._seen)
