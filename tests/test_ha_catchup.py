@@ -137,9 +137,12 @@ def test_sigkill_and_sigterm_restarts_lose_no_live_event(big_real_ha, influxdb, 
 def test_queue_full_during_catch_up_drops_only_while_full_and_restores_them(
         big_real_ha, influxdb, ingestor):
     ing = pipeline(ingestor, big_real_ha, influxdb, "small-queue")
-    # 4 MiB: about 10 000 events here. (At the 2 MiB minimum the file can stay "full" of rows the
-    # writer acknowledged but had not cleared yet, once nothing new is appended: a queue matter.)
-    ing.write_config({"queue": {"max_bytes": "4MiB"}})
+    # 4 MiB: about 5 000 catch-up events here. The writer acknowledges every 2 s at most: the
+    # queue deletes acknowledged rows only in an acknowledgement at least 1 s after the last
+    # deletion, so a full file whose last rows were all acknowledged sooner stays "full" of
+    # them and nothing new is appended to acknowledge (a queue matter, not the collector's).
+    ing.write_config({"queue": {"max_bytes": "4MiB"},
+                      "influxdb": {"batch_size": 1_000_000, "flush_interval": "2s"}})
     writer = ing.start("write", log="writer")
     load = StateLoad(big_real_ha, load_entity_ids(BIG_HA_ENTITIES), rate=RATE).start()
     collector = start_collector(ing, 1)

@@ -78,26 +78,30 @@ def canned_recorder(changes: dict[str, list[float]]):
     return request, queries
 
 
-def test_a_pass_stores_each_new_change_once_and_counts_the_tracked_ones():
+def test_a_pass_stores_each_new_change_once_and_counts_the_dropped_ones():
     now = time.time()
     changes = {f"sensor.e{n:03d}": [now - 3000 + k * 100 + n / 1000 for k in range(25)]
                for n in range(150)}
     request, queries = canned_recorder(changes)
     ledger, chunks = LiveLedger(), []
+    ledger.track([])
     seen = ("sensor.e001", iso_from_epoch(changes["sensor.e001"][3]))
     ledger.remember([seen])                                        # received live: not again
+    dropped = [ha_event({"event_type": "state_changed", "time_fired": iso_from_epoch(lu),
+                         "data": {"entity_id": "sensor.e002"}}, "live")
+               for lu in changes["sensor.e002"][5:]]
+    ledger.dropped_events(dropped, queue_full=True)                # 20 to restore
     backfill = Backfill(request, ledger, chunks.append, 10, chunk=100)
     plan = Plan(datetime.now(timezone.utc) - timedelta(hours=1), sorted(changes),
                 after={"sensor.e000": iso_from_epoch(changes["sensor.e000"][9])},   # committed
-                remember_from=iso_from_epoch(now - 1000),
-                track={"sensor.e002": iso_from_epoch(changes["sensor.e002"][5])})
+                remember_from=iso_from_epoch(now - 1000))
     result = backfill.run_pass(plan)
     stored = [(e["event"]["data"]["entity_id"], e["event"]["time_fired"]) for c in chunks
               for e in c]
     assert result.stored == len(stored) == len(set(stored)) == 150 * 25 - 10 - 1
     assert seen not in stored and ("sensor.e000", iso_from_epoch(changes["sensor.e000"][9])) \
         not in stored
-    assert result.tracked == {"sensor.e002": 20}
+    assert result.restored == 20 and not ledger.has_pending()
     assert max(len(c) for c in chunks) == 100 and all(e["kind"] == "backfill" for c in chunks
                                                         for e in c)
     assert max(len(q["entity_ids"]) for q in queries) == GROUP_ENTITIES
@@ -164,10 +168,13 @@ def test_a_dropped_state_change_is_not_seen_and_waits_for_a_pass():
     assert ledger.dropped_events([accepted[1], accepted[2], call], queue_full=True) == 2
     assert ledger.is_seen(("sensor.a", accepted[0]["event"]["time_fired"]))
     assert not ledger.is_seen(("sensor.a", accepted[1]["event"]["time_fired"]))
-    pending, total = ledger.take_pending()
-    assert total == 2 and {e: (p.earliest[17:19], p.count) for e, p in pending.items()} == \
+    pending = ledger.pending()
+    assert ledger.state_drops == 2 and {e: (p.earliest[17:19], p.count)
+                                         for e, p in pending.items()} == \
         {"sensor.a": ("02", 1), "sensor.b": ("03", 1)}
-    assert not ledger.has_pending()
+    assert not ledger.restored("sensor.a", accepted[0]["event"]["time_fired"])    # older
+    assert ledger.restored("sensor.a", accepted[1]["event"]["time_fired"])
+    assert list(ledger.give_up(float("inf"))) == ["sensor.b"] and not ledger.has_pending()
     report = ledger.take_report()
     text = report.describe("drop_newest", 3)
     assert "dropped 3 events (3 in total)" in text and "while the queue was full (3)" in text
@@ -187,6 +194,6 @@ def test_seen_is_kept_only_while_a_catch_up_or_restore_needs_it():
     ledger.dropped_events([live(4)], queue_full=True)
     ledger.stop_tracking()                           # a drop is pending: still needed
     assert ledger.tracking and ledger.seen_count() == 2
-    ledger.take_pending()
+    ledger.give_up(float("inf"))
     ledger.stop_tracking()
     assert not ledger.tracking and ledger.seen_count() == 0

@@ -31,7 +31,6 @@ hand-off.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
@@ -83,19 +82,18 @@ class Plan:
     An entity's changes at or before ``after[entity_id]`` (HA's time strings, which sort in time
     order) are skipped: already committed, or older than the drops being restored. Changes stored
     at or after ``remember_from`` are remembered as seen, so a later pass over the same time does
-    not store them again. ``track`` counts, per entity, the stored changes at or after a time."""
+    not store them again."""
 
     start: datetime
     entity_ids: list[str]
     after: dict[str, str] = field(default_factory=dict)
     remember_from: str = ""
-    track: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
 class Result:
     stored: int = 0
-    tracked: Counter = field(default_factory=Counter)
+    restored: int = 0          # of them, dropped live changes (LiveLedger.restored)
 
 
 class Backfill:
@@ -167,7 +165,6 @@ class Backfill:
         """The answer's changes not committed, seen or stored by this pass yet, as HA states."""
         for entity_id, rows in answer.items():
             floor = max(plan.after.get(entity_id, ""), newest.get(entity_id, ""))
-            tracked_from = plan.track.get(entity_id)
             for row in rows if isinstance(rows, list) else ():
                 if not isinstance(row, dict) or not isinstance(row.get("lu"), (int, float)):
                     continue
@@ -176,8 +173,8 @@ class Backfill:
                 if fired <= floor or self.ledger.is_seen((entity_id, fired)):
                     continue
                 newest[entity_id] = floor = fired
-                if tracked_from is not None and fired >= tracked_from:
-                    result.tracked[entity_id] += 1
+                if self.ledger.restored(entity_id, fired):
+                    result.restored += 1
                 yield entity_id, state
 
     def _hand_on(self, chunk: list[dict], remember: list[tuple[str, str]],

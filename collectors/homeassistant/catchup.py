@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -35,12 +34,12 @@ from ha_ingestor import metrics
 from ha_ingestor.config import HomeAssistantConfig
 from ha_ingestor.envelope import KIND_RESYNC, state_as_event
 
-from collectors.homeassistant.backfill import (Backfill, Plan, Result, gap_seconds,
+from collectors.homeassistant.backfill import (Backfill, Plan, gap_seconds,
                                                iso_before, iso_from_epoch)
 from collectors.homeassistant.committer import Committer, Watermarks
 from collectors.homeassistant.connection import CommandError
 from collectors.homeassistant.handoff import Handoff
-from collectors.homeassistant.ledger import LiveLedger
+from collectors.homeassistant.ledger import LiveLedger, Pending
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +48,6 @@ BACKFILL_TRIES = 3
 GIVE_UP_AFTER_S = 120.0         # a dropped change not in the recorder this long after: lost
 MIN_RETRY_S = 1.0               # between two restore rounds
 PACE_WAIT_S = 0.2
-
-
-@dataclass
-class Unrestored:
-    """Dropped state changes of one entity, still to be read back from the recorder."""
-
-    earliest: str
-    missing: int
-    dropped_at: float            # monotonic time they were first handed to a pass
 
 
 class CatchUp:
@@ -80,7 +70,6 @@ class CatchUp:
         self.wants_states = not ha.event_types or "state_changed" in ha.event_types
         self.history = ha.backfill and self.wants_states
         self.counts = {"backfilled": 0, "restored": 0, "resync": 0}
-        self._unrestored: dict[str, Unrestored] = {}
         self._marks: Future | None = None
         self._last_round = 0.0
 
@@ -102,23 +91,20 @@ class CatchUp:
             return
         states = self.request({"type": "get_states"}, REQUEST_TIMEOUT_S) or []
         backfill = self.history and bool(marks.newest)
-        self._take_drops()                   # dropped before: the held marks are older still
-        if backfill:
+        if backfill:   # drops of a previous connection, if any, are read back with the gap
             entity_ids = sorted({s["entity_id"] for s in states if isinstance(s, dict)
                                  and isinstance(s.get("entity_id"), str)}
-                                | set(marks.entities) | set(self._unrestored))
-            self._unrestored.clear()         # pass 1 reads them back with the rest of the gap
+                                | set(marks.entities) | set(self.ledger.pending()))
             after = {e: iso_from_epoch(stamp) for e, stamp in marks.entities.items()}
             tail = iso_from_epoch(subscribed_at - self.ha.backfill_margin)
             self._first_pass(marks, Plan(self._start(marks), entity_ids, after, tail))
         else:
-            self._lost(dict(self._unrestored), "there is no watermark to backfill from")
+            self._lost(self.ledger.give_up(float("inf")), "there is no watermark to "
+                                                          "backfill from")
         self._store_resync(states)
         if backfill and self.history and self.ha.backfill_margin > 0:
             self._wait_for(lambda: time.time() >= subscribed_at + self.ha.backfill_margin)
-            self._take_drops()
-            self._pass(Plan(datetime.fromisoformat(tail), entity_ids, after, tail,
-                            self._tracked()))
+            self._pass(Plan(datetime.fromisoformat(tail), entity_ids, after, tail))
         self._finish()
 
     def _start(self, marks: Watermarks) -> datetime:
@@ -162,18 +148,20 @@ class CatchUp:
             self.counts = dict.fromkeys(self.counts, 0)
 
     def _restore_rounds(self) -> None:
-        while self.ledger.has_pending() or self._unrestored:
+        while self.ledger.has_pending():
             if not self.history:
-                self._take_drops()
-                self._lost(dict(self._unrestored), "no backfill from HA's recorder")
+                self._lost(self.ledger.give_up(float("inf")), "no backfill from HA's recorder")
                 continue
             self._wait_for(self._restorable)
-            self._take_drops()
             self._last_round = time.monotonic()
-            earliest = min(u.earliest for u in self._unrestored.values())
-            after = {e: iso_before(u.earliest) for e, u in self._unrestored.items()}
+            pending = self.ledger.pending()
+            earliest = min(p.earliest for p in pending.values())
+            after = {e: iso_before(p.earliest) for e, p in pending.items()}
             self._pass(Plan(datetime.fromisoformat(earliest) - timedelta(microseconds=1),
-                            sorted(self._unrestored), after, "", self._tracked()))
+                            sorted(pending), after))
+            self._lost(self.ledger.give_up(time.monotonic() - GIVE_UP_AFTER_S),
+                       f"not in HA's recorder {GIVE_UP_AFTER_S:.0f} s after they were dropped "
+                       f"(entities excluded from the recorder?)")
 
     def _restorable(self) -> bool:
         """The queue has room, and the recorder has had time to commit the latest drop."""
@@ -182,54 +170,19 @@ class CatchUp:
         return (not self.committer.full() and now >= self.ledger.last_drop + wait
                 and now >= self._last_round + wait)
 
-    def _take_drops(self) -> None:
-        pending, _ = self.ledger.take_pending()
-        now = time.monotonic()
-        for entity_id, drop in pending.items():
-            known = self._unrestored.get(entity_id)
-            if known is None:
-                self._unrestored[entity_id] = Unrestored(drop.earliest, drop.count, now)
-            else:
-                known.earliest = min(known.earliest, drop.earliest)
-                known.missing += drop.count
-
-    def _tracked(self) -> dict[str, str]:
-        return {entity_id: u.earliest for entity_id, u in self._unrestored.items()}
-
-    def _settle(self, result: Result) -> None:
-        """Count what a pass restored; give up on what the recorder does not hold in time."""
-        restored = 0
-        for entity_id, unrestored in list(self._unrestored.items()):
-            found = min(result.tracked[entity_id], unrestored.missing)
-            restored += found
-            unrestored.missing -= found
-            if not unrestored.missing:
-                del self._unrestored[entity_id]
-        given_up = {e: u for e, u in self._unrestored.items()
-                    if time.monotonic() - u.dropped_at > GIVE_UP_AFTER_S}
-        if restored:
-            metrics.HA_RESTORED.inc(restored)
-            self.counts["restored"] += restored
-            log.info("restored %d dropped state changes from HA's recorder (%d still to come)",
-                     restored, sum(u.missing for u in self._unrestored.values()))
-        self._lost(given_up, f"not in HA's recorder {GIVE_UP_AFTER_S:.0f} s after they were "
-                             f"dropped (entities excluded from the recorder?)")
-
-    def _lost(self, entries: dict[str, Unrestored], why: str) -> None:
+    def _lost(self, entries: dict[str, Pending], why: str) -> None:
         if not entries:
             return
-        count = sum(e.missing for e in entries.values())
-        earliest = min(e.earliest for e in entries.values())
+        count = sum(p.count for p in entries.values())
+        earliest = min(p.earliest for p in entries.values())
         metrics.HA_LOST.inc(count)
         log.error("%d dropped state changes of %d entities, fired since %s, cannot be restored: "
                   "%s", count, len(entries), earliest, why)
-        for entity_id in list(entries):
-            self._unrestored.pop(entity_id, None)
 
     # -- passes, paced storing, waiting ---------------------------------------------------------
     def _pass(self, plan: Plan) -> None:
-        """One pass with retries; settles tracked drops. On ``unknown_command`` (no recorder or
-        history in HA) backfilling stops for this connection."""
+        """One pass with retries. On ``unknown_command`` (no recorder or history in HA)
+        backfilling stops for this connection."""
         for attempt in range(1, BACKFILL_TRIES + 1):
             try:
                 result = self.backfill.run_pass(plan)
@@ -244,7 +197,12 @@ class CatchUp:
                 continue
             if result.stored:
                 log.info("backfilled %d state changes from HA's recorder", result.stored)
-            self._settle(result)
+            if result.restored:
+                metrics.HA_RESTORED.inc(result.restored)
+                self.counts["restored"] += result.restored
+                log.info("restored %d dropped state changes from HA's recorder (%d still to "
+                         "come)", result.restored,
+                         sum(p.count for p in self.ledger.pending().values()))
             return
         metrics.GAPS.inc()
         log.error("could not backfill after %d tries: state changes fired while disconnected "

@@ -172,7 +172,9 @@ class HACollector:
         dropped = self.handoff.put_live(envelopes)
         if dropped:
             self._dropped.inc(len(dropped))
-            if self.ledger.dropped_events(dropped, self.committer.full()):
+            # the backlog that made them drop built up while the queue was full, or not
+            backlog_from_full = self.committer.full_since(self.handoff.oldest_live_rx())
+            if self.ledger.dropped_events(dropped, backlog_from_full):
                 self.committer.hold()            # until they are restored from the recorder
                 if not self.ledger.tracking:     # what waits and what comes is not restored
                     self.ledger.track(self.handoff.waiting_live())

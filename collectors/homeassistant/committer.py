@@ -105,6 +105,7 @@ class Committer:
         self._marks_written_at = 0.0
         self._stopping = False
         self._full_since: float | None = None
+        self._full_seen_ns = 0          # the latest moment the queue file was found full
         self._producer: Producer | None = None
         self._thread = threading.Thread(target=self._run, name="ha-committer", daemon=True)
         self._latency = metrics.COMMIT_LATENCY.labels(HA)
@@ -161,6 +162,10 @@ class Committer:
 
     def full(self) -> bool:
         return self._full_since is not None
+
+    def full_since(self, rx_ns: int | None) -> bool:
+        """Whether the queue file is full, or was at some moment after ``rx_ns`` (wall ns)."""
+        return self.full() or (rx_ns is not None and self._full_seen_ns >= rx_ns)
 
     # -- the thread -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -245,10 +250,12 @@ class Committer:
             log.warning("queue has room again after %.0f s; committing", time.monotonic()
                         - self._full_since)
             self._full_since = None
+            self._full_seen_ns = time.time_ns()
             metrics.QUEUE_FULL.labels(HA).set(0)
 
     def _wait_for_room(self, exc: QueueFull, count: int) -> bool:
         """Queue full: hold this batch (the hand-off fills, then drops by policy) and retry."""
+        self._full_seen_ns = time.time_ns()
         if self._full_since is None:
             self._full_since = time.monotonic()
             metrics.QUEUE_FULL.labels(HA).set(1)

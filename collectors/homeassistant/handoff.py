@@ -125,6 +125,11 @@ class Handoff:
         with self._lock:
             return [item for item in self._items if is_live(item)]
 
+    def oldest_live_rx(self) -> int | None:
+        """Receive time (ns) of the oldest live event waiting, or None."""
+        with self._lock:
+            return next((item["rx"] for item in self._items if is_live(item)), None)
+
     def wake(self) -> None:
         with self._lock:
             self._ready.notify_all()

@@ -7,7 +7,9 @@ and which other events were lost.
   follows the live events of one catch-up, not the rate times a fixed time.
 - A dropped state change is *not* seen: it is removed from ``seen`` and noted as pending (per
   entity, the earliest such change and how many), so a later backfill pass restores it from HA's
-  recorder once the queue has room again.
+  recorder once the queue has room again. Whichever pass stores a change of such an entity, fired
+  at or after its earliest drop, restores one of them (``restored``): within a connection those
+  are exactly the dropped ones, as every other live change is seen.
 - A dropped event of any other type is lost: HA keeps no history of it. It is counted, with the
   time range and the event types, for the log and ``ha_ingestor_ha_lost_events_total``.
 
@@ -44,6 +46,7 @@ class Pending:
 
     earliest: str            # time_fired of the earliest one
     count: int
+    since: float             # monotonic time of the first of them
 
 
 @dataclass
@@ -122,7 +125,8 @@ class LiveLedger:
                 self._seen.update(keys)
 
     def dropped_events(self, envelopes: list[dict], queue_full: bool) -> int:
-        """Live events the hand-off dropped. Returns how many of them are state changes."""
+        """Live events the hand-off dropped (``queue_full``: its backlog built up while the
+        queue file was full). Returns how many of them are state changes."""
         states = 0
         with self._lock:
             for envelope in envelopes:
@@ -134,7 +138,7 @@ class LiveLedger:
                 self._seen.discard(key)
                 pending = self._pending.get(key[0])
                 if pending is None:
-                    self._pending[key[0]] = Pending(key[1], 1)
+                    self._pending[key[0]] = Pending(key[1], 1, time.monotonic())
                 else:
                     pending.earliest = min(pending.earliest, key[1])
                     pending.count += 1
@@ -161,12 +165,33 @@ class LiveLedger:
     def has_pending(self) -> bool:
         return bool(self._pending)
 
-    def take_pending(self) -> tuple[dict[str, Pending], int]:
-        """The dropped state changes not handed to a pass yet, and ``state_drops`` at that moment
-        (both at once: a drop after this is pending for the next pass)."""
+    def pending(self) -> dict[str, Pending]:
+        """The dropped state changes not restored yet, per entity (a copy)."""
         with self._lock:
-            pending, self._pending = self._pending, {}
-            return pending, self.state_drops
+            return {e: Pending(p.earliest, p.count, p.since) for e, p in self._pending.items()}
+
+    def restored(self, entity_id: str, fired: str) -> bool:
+        """A backfill pass stored this change: one of the entity's drops, if it is pending and
+        the change is not older than the earliest of them."""
+        if entity_id not in self._pending:
+            return False
+        with self._lock:
+            pending = self._pending.get(entity_id)
+            if pending is None or fired < pending.earliest:
+                return False
+            pending.count -= 1
+            if pending.count <= 0:
+                del self._pending[entity_id]
+            return True
+
+    def give_up(self, dropped_before: float) -> dict[str, Pending]:
+        """Stop waiting for the drops of entities whose first drop is older than that
+        (monotonic); returns them."""
+        with self._lock:
+            old = {e: p for e, p in self._pending.items() if p.since < dropped_before}
+            for entity_id in old:
+                del self._pending[entity_id]
+            return old
 
     def seen_count(self) -> int:
         return len(self._seen)
