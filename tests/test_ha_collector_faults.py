@@ -221,10 +221,11 @@ def test_without_recorder_the_gap_is_logged_once_and_counted(ingestor):
         ing, proc = start_collector(ingestor, srv)
         srv.set_state("sensor.a", "1")
         time.sleep(1)
-        for _ in range(2):
+        for gaps in (1, 2):      # each reconnect's backfill attempt, before the next drop
             srv.drop_connections()
-            time.sleep(0.5)
-            srv.wait_for_subscribers(1)
+            wait_until(lambda: metric(scrape(metrics_port(ing)),
+                                      "ha_ingestor_ha_unfillable_gaps_total") >= gaps, 30,
+                       f"unfillable gap {gaps} counted")
         time.sleep(1)
         samples = scrape(metrics_port(ing))
         assert metric(samples, "ha_ingestor_ha_unfillable_gaps_total") == 2
