@@ -1,9 +1,9 @@
 """Catch-up on a big Home Assistant: ``ha-ingestor collect ha`` closing an hour-long gap on a real
-HA 2024.3.3 with 5 000 entities while HA keeps firing 100 state changes/s. What it costs in memory,
+HA (2024.3.3, or ``--ha-version``) with 5 000 entities while HA keeps firing 100 state changes/s. What it costs in memory,
 and how long it takes next to the time HA needs to hand the same hour over.
 
     .venv/bin/python bench/ha_catchup_bench.py [--changes 90000,360000] [--entities 5000]
-                                               [--rate 100]
+                                               [--rate 100] [--ha-version 2025.4.4]
 
 For each size in ``--changes`` (increasing): HA's recorder is filled up to that many state changes
 (made faster than real time by HA's ``python_script`` integration, ~1 700/s here; an hour at
@@ -52,6 +52,7 @@ from ha_ingestor.queue import Producer  # noqa: E402
 from tests.support.fixtures_homeassistant import metric, scrape  # noqa: E402
 from tests.support.ha_load import (StateLoad, bulk_changes, load_entity_ids,  # noqa: E402
                                    start_big_ha)
+from tests.support.ha_venv import DEFAULT_HA_VERSION, HA_VERSIONS  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
 
 HOUR = 3600.0
@@ -176,12 +177,13 @@ def main() -> None:
     parser.add_argument("--changes", default="90000,360000")
     parser.add_argument("--entities", type=int, default=5000)
     parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--ha-version", default=DEFAULT_HA_VERSION, choices=HA_VERSIONS)
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.changes.split(","))
     runs = []
     with tempfile.TemporaryDirectory(prefix="ha-catchup-bench-") as tmp:
         tmpdir = Path(tmp)
-        server = start_big_ha(tmpdir / "ha", entities=args.entities)
+        server = start_big_ha(tmpdir / "ha", entities=args.entities, version=args.ha_version)
         try:
             with server.client() as client:
                 entity_ids = sorted(s["entity_id"] for s in client.get_states())
@@ -202,8 +204,8 @@ def main() -> None:
         finally:
             server.stop()
     print(json.dumps({
-        "bench": "ha_catchup", "entities": len(entity_ids), "live_rate": args.rate,
-        "gap_s": HOUR, "runs": runs,
+        "bench": "ha_catchup", "ha_version": args.ha_version, "entities": len(entity_ids),
+        "live_rate": args.rate, "gap_s": HOUR, "runs": runs,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python "
                    f"{platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}))

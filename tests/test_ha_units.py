@@ -7,15 +7,20 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
 
 from collectors.homeassistant.backfill import (GROUP_ENTITIES, MAX_WINDOW_S, MIN_WINDOW_S,
                                                ROWS_PER_REQUEST, Backfill, Plan,
-                                               compressed_to_state, iso_before, iso_from_epoch,
-                                               next_window)
+                                               committed_after, compressed_to_state, iso_before,
+                                               iso_from_epoch, next_window)
 from collectors.homeassistant.committer import Watermarks
 from collectors.homeassistant.handoff import DROP_NEWEST, DROP_OLDEST, Control, Handoff
 from collectors.homeassistant.ledger import LiveLedger
 from ha_ingestor.envelope import ha_event, state_as_event
+
+SAMPLES = Path(__file__).parent / "data" / "ha-samples"
 
 
 def live(n: int, entity: str = "sensor.x") -> dict:
@@ -43,6 +48,40 @@ def test_compressed_state_reproduces_the_live_time_fired():
         state = compressed_to_state("input_boolean.x", {"s": "on", "a": {"k": 1}, "lu": stored})
         assert state["last_updated"] == state["last_changed"] == fired
         assert state_as_event(state, "backfill")["event"]["time_fired"] == fired
+
+
+@pytest.mark.parametrize("version", ["2024.3.3", "2025.4.4"])
+def test_backfill_skips_what_was_committed_whatever_float_the_recorder_kept(version):
+    """Real answers: ten live changes and the recorder's rows for them. 2024.3.3's ``lu`` is the
+    microsecond exactly; 2025.4.4's is HA's ``time.time()`` float, for some rows above the
+    microsecond the live ``time_fired`` shows. Committed live, none may come back as backfill."""
+    folder = SAMPLES if version == "2024.3.3" else SAMPLES / version
+    sample = json.loads((folder / "history_live_time_fired.json").read_text())
+    answer = json.loads((folder / "result_history_during_period.json").read_text())["result"]
+    entity_id, fired = sample["entity_id"], sample["time_fired"]
+    rows = answer[entity_id]
+    above = [row["lu"] > datetime.fromisoformat(t).timestamp() for row, t in zip(rows, fired)]
+    assert any(above) == (version != "2024.3.3")
+    assert [compressed_to_state(entity_id, row)["last_updated"] for row in rows] == fired
+
+    marks = Watermarks()
+    marks.observe([{"event": {"event_type": "state_changed", "time_fired": t,
+                              "data": {"entity_id": entity_id}}} for t in fired])
+    assert backfilled(answer, entity_id, marks) == []
+
+    marks.entities[entity_id] = datetime.fromisoformat(fired[4]).timestamp()   # 5 committed
+    assert backfilled(answer, entity_id, marks) == fired[5:]
+
+
+def backfilled(answer: dict, entity_id: str, marks: Watermarks) -> list[str]:
+    """The time_fired of what one pass over ``answer`` stores, after the committed ``marks``."""
+    stored: list[dict] = []
+    backfill = Backfill(lambda _query, _timeout: answer, LiveLedger(), stored.extend,
+                        timeout=1.0, chunk=100)
+    plan = Plan(datetime.now(timezone.utc) - timedelta(seconds=1), [entity_id],   # one request
+                after=committed_after(marks.entities))
+    assert backfill.run_pass(plan).stored == len(stored)
+    return [e["event"]["time_fired"] for e in stored]
 
 
 def test_compressed_state_keeps_last_changed_when_it_differs():

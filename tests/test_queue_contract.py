@@ -124,6 +124,16 @@ def test_meta_is_committed_with_its_batch(tmp_path):
     assert [e["seq"] for b in batches for e in b.events] == [1]
 
 
+def test_meta_keys_are_read_by_prefix_and_deleted_with_a_batch(tmp_path):
+    producer = Producer(tmp_path, "mqtt", 2**40)
+    producer.append([{"seq": 1}], meta={"r/a": "1", "r/b/c": "2", "r0": "x", "r": "y",
+                                        "r/ä☃": "3"})
+    producer.append([{"seq": 2}], meta={"r/a": None, "r/d": "4"})   # None: delete
+    reopened = Producer(tmp_path, "mqtt", 2**40)
+    assert reopened.meta_items("r/") == {"r/b/c": "2", "r/d": "4", "r/ä☃": "3"}
+    assert reopened.get_meta("r/a") is None and reopened.get_meta("r0") == "x"
+
+
 def test_items_given_back_are_taken_again_before_newer_ones(tmp_path):
     producer = Producer(tmp_path, "mqtt", 2**40)
     for batch in range(4):

@@ -5,13 +5,20 @@ while the queue was full), handed on in chunks.
 
     {"<entity_id>": [{"s": state, "a": attributes, "lu": last_updated, "lc": last_changed}, ...]}
 
-``lu``/``lc`` are epoch seconds (floats) of the datetimes HA stored as ``State.last_updated``
-(``lc`` only when it differs). With ``no_attributes: false`` every row carries ``a``, the full
-attributes as recorded, not only when they changed (``row_to_compressed_state`` in HA's recorder).
-In HA 2024.3.3 a ``state_changed`` event's ``time_fired`` *is* its ``new_state.last_updated``, so
-``datetime.fromtimestamp(lu, UTC).isoformat()`` (the float rounds to the exact microsecond)
-reproduces the live event's ``time_fired`` string character for character: a backfilled change
-becomes the same InfluxDB point the live event would have made.
+``lu``/``lc`` are epoch seconds (floats) of ``State.last_updated``/``last_changed`` as the recorder
+stored them (``lc`` only when it differs). With ``no_attributes: false`` every row carries ``a``,
+the full attributes as recorded, not only when they changed (``row_to_compressed_state`` in HA's
+recorder). A ``state_changed`` event's ``time_fired`` *is* its ``new_state.last_updated``, and
+``datetime.fromtimestamp(lu, UTC).isoformat()`` rounds ``lu`` to the microsecond exactly as HA
+formats the live event's times, so it reproduces that ``time_fired`` string character for
+character: a backfilled change becomes the same InfluxDB point the live event would have made.
+
+What ``lu`` holds depends on the release. HA 2024.3 kept times as microsecond datetimes, so ``lu``
+was the microsecond exactly; since 2024.7 HA keeps the ``time.time()`` float and the recorder
+stores it whole (2025.4.4: ``lu`` 1796043029.3709188 for a live ``...:29.370919``). A change is
+therefore compared with the watermarks at the microsecond of its ISO time (HA's UTC time strings
+sort in time order), never by the raw float (up to half a microsecond off the committed time it
+stands for, and later for about half of the changes: those were stored twice before).
 
 Query options, from HA's recorder code: ``include_start_time_state: false`` (otherwise HA adds a
 synthetic state per entity stamped with ``start_time``, a point that never happened),
@@ -54,6 +61,12 @@ Store = Callable[[list[dict]], None]
 def iso_from_epoch(stamp: float) -> str:
     """HA's own formatting of a recorder timestamp (``dt_util.utc_from_timestamp().isoformat()``)."""
     return datetime.fromtimestamp(stamp, tz=timezone.utc).isoformat()
+
+
+def committed_after(entity_marks: dict[str, float]) -> dict[str, str]:
+    """Per-entity watermarks (epoch seconds of committed ``time_fired`` strings) as those strings
+    again, for ``Plan.after``: a recorded change is compared with them at the microsecond."""
+    return {entity_id: iso_from_epoch(stamp) for entity_id, stamp in entity_marks.items()}
 
 
 def iso_before(iso_time: str) -> str:

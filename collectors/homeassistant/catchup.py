@@ -34,7 +34,7 @@ from ha_ingestor import metrics
 from ha_ingestor.config import HomeAssistantConfig
 from ha_ingestor.envelope import KIND_RESYNC, state_as_event
 
-from collectors.homeassistant.backfill import (Backfill, Plan, gap_seconds,
+from collectors.homeassistant.backfill import (Backfill, Plan, committed_after, gap_seconds,
                                                iso_before, iso_from_epoch)
 from collectors.homeassistant.committer import Committer, Watermarks
 from collectors.homeassistant.connection import CommandError
@@ -95,7 +95,7 @@ class CatchUp:
             entity_ids = sorted({s["entity_id"] for s in states if isinstance(s, dict)
                                  and isinstance(s.get("entity_id"), str)}
                                 | set(marks.entities) | set(self.ledger.pending()))
-            after = {e: iso_from_epoch(stamp) for e, stamp in marks.entities.items()}
+            after = committed_after(marks.entities)
             tail = iso_from_epoch(subscribed_at - self.ha.backfill_margin)
             self._first_pass(marks, Plan(self._start(marks), entity_ids, after, tail))
         else:

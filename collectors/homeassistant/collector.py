@@ -17,9 +17,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.config import Config
-from ha_ingestor.envelope import HA, KIND_LIVE
+from ha_ingestor.envelope import HA, KIND_LIVE, unreadable_frame
 from ha_ingestor.errors import AuthError, ConfigError, TransientError
-from ha_ingestor.lifecycle import StopFlag
+from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 
 from collectors.homeassistant.catchup import REQUEST_TIMEOUT_S, CatchUp
 from collectors.homeassistant.committer import Committer
@@ -96,7 +96,7 @@ class HACollector:
             self.stop.wait(delay)
 
     def _session(self) -> None:
-        connection = HAConnection(self.ha, self._on_events)
+        connection = HAConnection(self.ha, self._on_events, self._on_unreadable)
         self.connection = connection
         connection.connect()
         version = connection.authenticate()
@@ -119,7 +119,9 @@ class HACollector:
             self.stop.wait(0.2)
 
     def _check(self, connection: HAConnection) -> None:
-        """Between steps on a connection: report drops; raise what ends the connection."""
+        """Between steps on a connection (the main loop's heartbeat): report drops; raise what
+        ends the connection."""
+        HEARTBEAT.tick()
         self._raise_committer_error()
         self._report_drops()
         if self.stop.is_set():
@@ -179,6 +181,10 @@ class HACollector:
                 if not self.ledger.tracking:     # what waits and what comes is not restored
                     self.ledger.track(self.handoff.waiting_live())
 
+    def _on_unreadable(self, frame: bytes | str, reason: str, rx_ns: int) -> None:
+        """A frame that cannot be read as JSON: kept whole as a dead letter (reader thread)."""
+        self.committer.dead_letter_later([(unreadable_frame(frame, reason, rx_ns), reason)])
+
     # -- requests and drops ---------------------------------------------------------------------
     def _request(self, message: dict, timeout: float):
         """A command from the main thread: waits for the result, a stop request or ``timeout``
@@ -191,6 +197,7 @@ class HACollector:
     def _await(self, future: Future, what: str, timeout: float):
         deadline = time.monotonic() + timeout
         while True:
+            HEARTBEAT.tick()
             try:
                 return future.result(0.1)
             except FutureTimeout:

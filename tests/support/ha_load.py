@@ -2,6 +2,7 @@
 changes, and bulk changes for HA's recorder.
 
     server = start_big_ha(workdir, entities=5000)        # sensor.load_0000 ... sensor.load_4999
+                                                          # (version="2025.4.4": that release)
     load = StateLoad(server, load_entity_ids(5000), rate=100).start()
     ...
     fired = load.stop()                                   # [(entity_id, time_fired), ...]
@@ -14,9 +15,10 @@ HA's process): four times the rate the REST API reaches here. Both go through HA
 event bus and recorder like any integration's states.
 
 Every answer to ``POST /api/states`` carries the new state, whose ``last_updated`` is the
-``time_fired`` of the ``state_changed`` event HA fired for it (HA 2024.3.3), so ``fired`` is the
-exact list of state changes HA fired: the reference a test compares InfluxDB with. Each request
-sets a value never set before, so each one fires exactly one ``state_changed``.
+``time_fired`` of the ``state_changed`` event HA fired for it (in both tested releases), so
+``fired`` is the exact list of state changes HA fired: the reference a test compares InfluxDB
+with. Each request sets a value never set before, so each one fires exactly one
+``state_changed``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import threading
 import time
 from pathlib import Path
 
-from tests.support.real_ha import HomeAssistantServer
+from tests.support.real_ha import DEFAULT_HA_VERSION, HomeAssistantServer
 
 ENTITY_PREFIX = "sensor.load_"
 UNIT = "W"                    # the InfluxDB measurement the writer's default schema gives them
 BULK_CHUNK = 20_000           # changes per script run; HA's recorder queue holds 65 000
+BIG_HA_DOMAINS = ("python_script",)   # the integrations start_big_ha adds to the usual config
 
 # Run by HA's python_script integration (RestrictedPython: no range() over 1 000, no imports).
 BULK_SCRIPT = """\
@@ -76,10 +79,12 @@ def attributes(entity_id: str) -> dict:
             "friendly_name": name}
 
 
-def start_big_ha(workdir: Path, entities: int = 5000, timeout: float = 240
-                 ) -> HomeAssistantServer:
-    """A real HA (recorder + history) with ``entities`` power sensors, started."""
-    server = HomeAssistantServer(workdir, extra_yaml="python_script:\n")
+def start_big_ha(workdir: Path, entities: int = 5000, timeout: float = 240,
+                 version: str = DEFAULT_HA_VERSION) -> HomeAssistantServer:
+    """A real HA of ``version`` (recorder + history) with ``entities`` power sensors, started.
+    Its venv gets ``python_script``'s requirement (RestrictedPython) the way ``ha_venv`` installs
+    those of any integration a config names (``BIG_HA_DOMAINS``)."""
+    server = HomeAssistantServer(workdir, extra_yaml="python_script:\n", version=version)
     scripts = server.config_dir / "python_scripts"
     scripts.mkdir(parents=True, exist_ok=True)
     (scripts / "bulk_states.py").write_text(textwrap.dedent(BULK_SCRIPT))
