@@ -134,6 +134,31 @@ def test_non_admin_token_is_told_plainly(ingestor):
         srv.stop()
 
 
+def test_ready_only_once_ha_has_answered_the_subscription(ingestor):
+    """/readyz turns 200 only once HA has answered ``subscribe_events``, so an event fired right
+    after readiness is in the queue. The server takes 3 s to register and answer the subscription,
+    as a busy HA can; an event fired before that reaches no client, and only state changes could
+    come back from a recorder."""
+    srv = HATestServer(token="test-token", subscribe_delay=3.0).start()
+    try:
+        ing = ingestor(collector_overrides(srv.url, srv.token, ping_interval="10s",
+                                           ping_timeout="10s"))
+        proc = ing.start("collect", "ha", log="ha")
+        wait_until(lambda: ing.ready("ha") or proc.poll() is not None, 30, "/readyz 200")
+        assert proc.poll() is None, tail(ing.log_path("ha"))
+        fired = srv.fire_event("ha_ingestor_probe", {"n": 1})
+        assert srv.subscriber_count() == 1, "ready before HA had registered the subscription"
+
+        def probes() -> list[dict]:
+            return [e["event"] for e in ing.read_all("ha")
+                    if e["event"].get("event_type") == "ha_ingestor_probe"]
+        wait_until(lambda: probes(), 30, "the event fired right after readiness in the queue")
+        assert probes() == [fired]
+        stop_collector(ing, proc)
+    finally:
+        srv.stop()
+
+
 def test_burst_of_50000_coalesced_events(ingestor, server):
     # the pong comes behind the burst's frames: a 2 s timeout can expire on a loaded machine
     ing, proc = start_collector(ingestor, server, ping_interval="10s", ping_timeout="10s")

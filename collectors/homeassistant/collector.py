@@ -45,6 +45,7 @@ class HACollector:
         self.committer = Committer(config.queue, self.handoff)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0, jitter=0.2)
         self.connection: HAConnection | None = None
+        self._subscribed: HAConnection | None = None   # once HA answered its subscription
         self._no_history_logged = False
         self._drops_logged_at = float("-inf")
         self._received = metrics.EVENTS_RECEIVED.labels(HA)
@@ -67,7 +68,11 @@ class HACollector:
         return 0
 
     def ready(self) -> bool:
-        return bool(self.connection and self.connection.alive() and self.committer.alive()
+        """Subscribed (HA answered ``subscribe_events``, so every event HA fires from now on comes
+        to us), connected, and the queue writable. The catch-up may still be running."""
+        connection = self.connection
+        return bool(connection is not None and connection is self._subscribed
+                    and connection.alive() and self.committer.alive()
                     and not self.committer.full())
 
     def _raise_committer_error(self) -> None:
@@ -108,6 +113,7 @@ class HACollector:
         catch_up.begin()
         subscribed_at = time.time()
         self._subscribe(connection)
+        self._subscribed = connection
         self._connected.set(1)
         log.info("connected to Home Assistant %s at %s; subscribed to %s", version, self.ha.url,
                  ", ".join(self.ha.event_types) or "all events")
@@ -130,6 +136,7 @@ class HACollector:
             raise TransientError(connection.close_reason or "connection closed")
 
     def _disconnect(self, reason: str) -> None:
+        self._subscribed = None
         if self.connection is not None:
             self.connection.close(reason)
             self.connection = None
