@@ -1,6 +1,7 @@
 """Catch-up on a big Home Assistant: ``ha-ingestor collect ha`` closing an hour-long gap on a real
-HA (2024.3.3, or ``--ha-version``) with 5 000 entities while HA keeps firing 100 state changes/s. What it costs in memory,
-and how long it takes next to the time HA needs to hand the same hour over.
+HA (2024.3.3, or ``--ha-version``) with 5 000 entities while HA keeps firing 100 state changes/s.
+What it costs in memory, and how long it takes next to the time HA needs to hand the same hour
+over.
 
     .venv/bin/python bench/ha_catchup_bench.py [--changes 90000,360000] [--entities 5000]
                                                [--rate 100] [--ha-version 2025.4.4]

@@ -1,11 +1,12 @@
 """Catch-up on a big Home Assistant: the backfill and the resync never cost a live event.
 
-A real HA 2024.3.3 with 5 010 entities fires a steady 100 state changes/s (tests/support/ha_load.py:
-every change's ``time_fired`` comes from HA's own answer) while ``ha-ingestor write`` runs into a
-real InfluxDB. The collector is SIGKILLed, or stopped with SIGTERM, and started again after a gap.
-Every state change HA fired must then be in InfluxDB exactly once (the set of points equals the set
-of changes, nothing missing, nothing extra); and a full queue during the catch-up drops live events
-only while it is full, and every dropped state change comes back from HA's recorder.
+A real HA (each tested release: 2024.3.3, 2025.4.4) with 5 010 entities fires a steady 100 state
+changes/s (tests/support/ha_load.py: every change's ``time_fired`` comes from HA's own answer)
+while ``ha-ingestor write`` runs into a real InfluxDB. The collector is SIGKILLed, or stopped with
+SIGTERM, and started again after a gap. Every state change HA fired must then be in InfluxDB
+exactly once (the set of points equals the set of changes, nothing missing, nothing extra); and a
+full queue during the catch-up drops live events only while it is full, and every dropped state
+change comes back from HA's recorder.
 
 Gap and hand-off size: ``make test`` uses a 30 s gap and ``homeassistant.handoff_max_events`` 1000
 (the minimum): the catch-up (3 000 backfilled changes and 5 010 resync states) is eight times the
