@@ -36,6 +36,10 @@ def _start(ctx) -> tuple:
 
 
 def _exit_on(exc: IngestorError) -> None:
+    from importer.ha_reader import Stopped
+    if isinstance(exc, Stopped):             # Ctrl-C or SIGTERM: a clean stop, resumable
+        click.echo(f"{exc}; run the same command again to continue")
+        sys.exit(EXIT_OK)
     click.echo(f"error: {exc}", err=True)
     sys.exit(exc.exit_code)
 
