@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from ha_ingestor.errors import EXIT_OK, IngestorError
+from ha_ingestor.errors import EXIT_MISSING, EXIT_OK, IngestorError
 from ha_ingestor.lifecycle import StopFlag
 from ha_ingestor.logs import setup_logging
 
@@ -144,11 +144,14 @@ def verify(ctx, since: str, until: str | None, patterns: tuple[str, ...], fill: 
     Exit 0: nothing missing (or, with --fill, everything missing queued); 5: changes missing
     from InfluxDB; 1-4 as for every command."""
     from importer import verify as check
-    from importer.ha_reader import HAReader
+    from importer.ha_reader import HAReader, Stopped
     config, stop = _start(ctx)
     try:
         with HAReader(config.homeassistant, config.imports.request_timeout, stop) as reader:
             report = check.run(config, reader, since, until, patterns, fill, stop)
+    except Stopped as exc:                   # no figures to show: not a verified period
+        click.echo(f"{exc}: verify did not finish", err=True)
+        sys.exit(EXIT_MISSING)
     except IngestorError as exc:
         _exit_on(exc)
     if as_json:
