@@ -55,6 +55,9 @@ QUEUE_DEAD = Gauge("ha_ingestor_queue_dead_letters", "Events in the dead-letter 
 QUEUE_OLDEST_AGE = Gauge("ha_ingestor_queue_oldest_age_seconds",
                          "Age of the oldest unacknowledged event", ["source"])
 QUEUE_BYTES = Gauge("ha_ingestor_queue_bytes", "Bytes used by the queue file", ["source"])
+QUEUE_DISK_FULL = Counter("ha_ingestor_queue_disk_full_total",
+                          "Queue operations the full filesystem refused, retried after a backoff",
+                          ["source", "operation"])
 
 # Writer
 POINTS_WRITTEN = Counter("ha_ingestor_points_written_total", "Points InfluxDB accepted")

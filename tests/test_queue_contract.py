@@ -1,4 +1,5 @@
-"""The durable queue's contract, each scenario with real processes on one SQLite file."""
+"""The durable queue's contract, run against its interface (Producer, Consumer and the repair
+functions), each scenario with real processes on one queue file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from ha_ingestor import queue
+from ha_ingestor.errors import QueueError
 from ha_ingestor.queue import Consumer, Producer, read_status
 
 WORKER = [sys.executable, "-m", "tests.support.queue_worker"]
@@ -136,3 +141,78 @@ def test_items_given_back_are_taken_again_before_newer_ones(tmp_path):
     consumer.ack(b.item_id for b in again)
     producer.append([{"seq": 4}])                      # appended after the consumer's cursor
     assert [b.events[0]["seq"] for b in consumer.take(10)] == [4]
+
+
+def test_a_second_consumer_process_is_refused_naming_the_first(tmp_path):
+    Producer(tmp_path, "mqtt", 2**40).append([{"seq": 0}])
+    proc = spawn("consume", str(tmp_path), str(tmp_path / "seen.txt"), "--hold")
+    read_line(proc, "took")
+    with pytest.raises(QueueError, match=rf"mqtt.db is already used by the writer \(pid {proc.pid}\)"):
+        Consumer(tmp_path, "mqtt")
+    assert read_status(tmp_path, "mqtt").in_flight == 1      # not handed back by the attempt
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [b.events for b in Consumer(tmp_path, "mqtt").take(10)] == [[{"seq": 0}]]
+
+
+def test_an_item_moves_to_the_dead_letters_whole_taken_or_ready(tmp_path):
+    producer = Producer(tmp_path, "mqtt", 2**40)
+    taken_id = producer.append([{"seq": i} for i in range(3)])
+    ready_id = producer.append([{"seq": 3}, {"seq": 4}])
+    producer.append([{"seq": 5}])
+    consumer = Consumer(tmp_path, "mqtt")
+    assert [b.item_id for b in consumer.take(1)] == [taken_id]
+
+    assert consumer.dead_letter_item(taken_id, "crashed the writer 3 times") == 3
+    assert queue.dead_letter_item(tmp_path, "mqtt", ready_id, "moved aside by hand") == 2
+    assert queue.dead_letter_item(tmp_path, "mqtt", ready_id, "again") == 0
+    assert consumer.dead_letter_item(999, "no such item") == 0
+    letters = queue.list_dead(tmp_path, "mqtt")
+    assert [(d.event["seq"], d.reason) for d in letters] == [
+        (0, "crashed the writer 3 times"), (1, "crashed the writer 3 times"),
+        (2, "crashed the writer 3 times"), (3, "moved aside by hand"), (4, "moved aside by hand")]
+    status = read_status(tmp_path, "mqtt")
+    assert (status.ready, status.in_flight, status.dead) == (1, 0, 5)
+    assert [b.events for b in consumer.take(10)] == [[{"seq": 5}]]
+
+
+def test_an_item_purged_while_in_flight_is_gone_not_an_error(tmp_path):
+    Producer(tmp_path, "mqtt", 2**40).append([{"seq": 0}])
+    consumer = Consumer(tmp_path, "mqtt")
+    [batch] = consumer.take(10)
+    assert queue.purge(tmp_path, "mqtt") == 1                 # an operator, meanwhile
+    assert consumer.events_of(batch.item_id) is None
+    consumer.ack([batch.item_id], [({"seq": 0}, "rejected")])  # the writer finishing its round
+    status = read_status(tmp_path, "mqtt")
+    assert (status.ready, status.in_flight, status.dead) == (0, 0, 1)
+
+
+def store_dead_letters(queue_dir: Path, count: int) -> None:
+    consumer = Consumer(queue_dir, "mqtt")
+    consumer.dead_letter(({"seq": i, "pad": "x" * 200}, "rejected") for i in range(count))
+    consumer.close()
+
+
+def test_requeue_dead_killed_at_any_point_never_doubles_nor_loses_a_letter(tmp_path):
+    store_dead_letters(tmp_path / "timing", 20_000)
+    proc = spawn("requeue", str(tmp_path / "timing"))
+    read_line(proc, "requeueing")
+    began = time.monotonic()
+    read_line(proc, "requeued")
+    duration = time.monotonic() - began
+
+    store_dead_letters(tmp_path, 20_000)
+    for fraction in (0.1, 0.3, 0.5, 0.7, 0.9, None):
+        proc = spawn("requeue", str(tmp_path))
+        read_line(proc, "requeueing")
+        if fraction is None:
+            read_line(proc, "requeued")
+        else:
+            time.sleep(fraction * duration)
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        queued = [e["seq"] for e in queue.peek(tmp_path, "mqtt", limit=10**6)]
+        dead = [d.event["seq"] for d in queue.list_dead(tmp_path, "mqtt")]
+        assert sorted(queued + dead) == list(range(20_000)), f"killed at {fraction}"
+        assert not queued or not dead, "requeued and still dead at once"
+    assert len(queued) == 20_000

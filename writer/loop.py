@@ -22,24 +22,18 @@ from pathlib import Path
 
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
-from ha_ingestor.envelope import SOURCES
-from ha_ingestor.errors import PermanentError, TransientError
+from ha_ingestor.errors import DiskFull, PermanentError, Stopping, TransientError
 from ha_ingestor.lifecycle import StopFlag
-from ha_ingestor.queue import Consumer, queue_file
 from writer.convert import ConversionError, Converter
+from writer.queues import WriterQueues
 from writer.sinks import AccessDenied, Sink, TooLarge
 
 log = logging.getLogger("writer")
 
 IDLE_POLL_S = 0.05          # how often an idle writer looks for new events
-NEW_FILE_CHECK_S = 1.0      # how often it looks for a queue file that did not exist yet
 STATUS_EVERY_S = 5.0        # queue gauges and the progress line
 BEHIND_THRESHOLD = 20_000   # events waiting before the progress line appears
 ACCESS_BACKOFF = dict(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
-
-
-class Stopping(Exception):
-    """A stop was requested while a batch could not be written; it stays in the queue."""
 
 
 @dataclass
@@ -63,18 +57,18 @@ class WriterLoop:
     def __init__(self, queue_dir: Path, sink: Sink, converter: Converter, stop: StopFlag,
                  batch_size: int, flush_interval: float):
         self.queue_dir = Path(queue_dir)
+        self.queues = WriterQueues(queue_dir, stop)   # exit 4 if another writer runs
         self.sink = sink
         self.converter = converter
         self.stop = stop
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.consumers: dict[str, Consumer] = {}
+        self.consumers = self.queues.consumers
         self.backoff = Backoff(base=0.5, factor=2.0, cap=10.0)   # an outage ends: resume soon
         self.access_backoff = Backoff(**ACCESS_BACKOFF)
         self.influx_ok = False
         self.queue_ok = True
         self._next_source = 0
-        self._checked_files_at = 0.0
         self._status_at = 0.0
         self._points_since_status = 0
         self._failing_since: float | None = None
@@ -84,7 +78,7 @@ class WriterLoop:
     # ---- life cycle -----------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return self.influx_ok and self.queue_ok
+        return self.influx_ok and self.queue_ok and not self.queues.disk_full
 
     def run(self) -> None:
         """Until a stop is requested: take and convert a batch while the previous one is being
@@ -97,7 +91,7 @@ class WriterLoop:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-write")
         try:
             while not self.stop.is_set():
-                self._open_new_files()
+                self.queues.open_new_files()
                 self._report_status()
                 batch = self._take_round()
                 if pending is not None:
@@ -117,22 +111,10 @@ class WriterLoop:
             self.close()
 
     def close(self) -> None:
-        for consumer in self.consumers.values():
-            consumer.close()
-        self.consumers.clear()
+        self.queues.close()
         self.sink.close()
 
     # ---- taking events --------------------------------------------------------------------------
-
-    def _open_new_files(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked_files_at < NEW_FILE_CHECK_S:
-            return
-        self._checked_files_at = now
-        for source in SOURCES:
-            if source not in self.consumers and queue_file(self.queue_dir, source).exists():
-                self.consumers[source] = Consumer(self.queue_dir, source)
-                log.info("reading queue %s", queue_file(self.queue_dir, source))
 
     def _take_round(self) -> Round:
         """Up to batch_size events, fairly across sources; waits up to flush_interval for more
@@ -140,7 +122,10 @@ class WriterLoop:
         batch = Round()
         deadline = time.monotonic() + self.flush_interval
         while True:
-            took = self._take_fair(batch)
+            try:
+                took = self._take_fair(batch)
+            except Stopping:                   # the disk is full and a stop was requested
+                break
             if batch.events >= self.batch_size or self.stop.is_set():
                 break
             remaining = deadline - time.monotonic()
@@ -171,7 +156,7 @@ class WriterLoop:
         let go before the next is read (memory: one item of decoded events)."""
         consumer, taken = self.consumers[source], 0
         while taken < share:
-            items = consumer.take(1)
+            items = self.queues.call(source, "take", lambda: consumer.take(1))
             if not items:
                 break
             item = items[0]
@@ -204,13 +189,24 @@ class WriterLoop:
         try:
             rejected = self._wait_for(future) if future is not None else []
         except Stopping:
-            for source, item_ids in batch.taken.items():
-                self.consumers[source].nack(item_ids)
+            self._give_back(batch)
             log.warning("stopping with %d events not written; they stay in the queue",
                         batch.events)
             return
-        self._dead_letter_rejected(batch, rejected)
-        self._finish(batch, len(batch.lines) - len(rejected))
+        try:
+            self._dead_letter_rejected(batch, rejected)
+            self._finish(batch, len(batch.lines) - len(rejected))
+        except Stopping:
+            log.warning("stopping with %d events written but not acknowledged (the disk is "
+                        "full): they are written again after a restart, as identical points",
+                        batch.events)
+
+    def _give_back(self, batch: Round) -> None:
+        try:
+            for source, item_ids in batch.taken.items():
+                self.consumers[source].nack(item_ids)
+        except DiskFull:      # still in flight: ready again when the writer opens the file
+            pass
 
     def _wait_for(self, future: Future) -> list[tuple[int, str]]:
         """The write's result; queue gauges stay fresh while InfluxDB is away."""
@@ -221,13 +217,20 @@ class WriterLoop:
                 self._report_status()
 
     def _dead_letter_rejected(self, batch: Round, rejected: list[tuple[int, str]]) -> None:
-        items: dict[tuple[str, int], list[dict]] = {}
+        items: dict[tuple[str, int], list[dict] | None] = {}
         for index, reason in rejected:
             source, item_id, position = batch.owners[index]
             if (source, item_id) not in items:
-                items[(source, item_id)] = self.consumers[source].events_of(item_id)
-            batch.add_dead(source, items[(source, item_id)][position],
-                           f"rejected by InfluxDB: {reason}")
+                consumer = self.consumers[source]
+                items[(source, item_id)] = events = self.queues.call(
+                    source, "re-read", lambda: consumer.events_of(item_id))
+                if events is None:
+                    log.warning("item %d of the %s queue was removed while being written "
+                                "(queue purge?): its lines InfluxDB rejected are not kept as "
+                                "dead letters", item_id, source)
+            events = items[(source, item_id)]
+            if events is not None:
+                batch.add_dead(source, events[position], f"rejected by InfluxDB: {reason}")
 
     def _finish(self, batch: Round, points: int) -> None:
         for source, item_ids in batch.taken.items():
@@ -239,7 +242,7 @@ class WriterLoop:
                                                 reason=reason.split(":", 1)[0]).inc()
                 log.warning("%d %s events moved to the dead-letter store, first: %s",
                             len(dead), source, dead[0][1][:300])
-            consumer.ack(item_ids, dead)
+            self.queues.call(source, "acknowledge", lambda: consumer.ack(item_ids, dead))
             metrics.EVENTS_WRITTEN.labels(source=source).inc(batch.counts.get(source, 0))
         metrics.POINTS_WRITTEN.inc(points)
         self._points_since_status += points

@@ -16,7 +16,7 @@ from ha_ingestor.config import values as v
 from ha_ingestor.errors import ConfigError
 
 COMPONENTS = ("mqtt", "ha", "writer")
-MIN_QUEUE_BYTES = 2 * 2**20      # an empty queue file alone holds about 600 kB of 64 KiB pages
+MIN_QUEUE_BYTES = 2 * 2**20      # the write-ahead log alone is counted at 1 MiB (ha_ingestor/queue)
 
 
 @dataclass(frozen=True)
