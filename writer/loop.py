@@ -24,6 +24,7 @@ from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.errors import DiskFull, PermanentError, Stopping, TransientError
 from ha_ingestor.lifecycle import StopFlag
+from writer.conversion import InlineConversion, ProcessConversion, separate_process_helps
 from writer.convert import ConversionError, Converter
 from writer.queues import WriterQueues
 from writer.sinks import AccessDenied, Sink, TooLarge
@@ -55,7 +56,8 @@ class Round:
 
 class WriterLoop:
     def __init__(self, queue_dir: Path, sink: Sink, converter: Converter, stop: StopFlag,
-                 batch_size: int, flush_interval: float):
+                 batch_size: int, flush_interval: float,
+                 converter_process: bool | None = None):
         self.queue_dir = Path(queue_dir)
         self.queues = WriterQueues(queue_dir, stop)   # exit 4 if another writer runs
         self.sink = sink
@@ -64,6 +66,9 @@ class WriterLoop:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.consumers = self.queues.consumers
+        self.converter_process = (separate_process_helps() if converter_process is None
+                                  else converter_process)
+        self.conversion: InlineConversion | ProcessConversion = InlineConversion(self._convert)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=10.0)   # an outage ends: resume soon
         self.access_backoff = Backoff(**ACCESS_BACKOFF)
         self.influx_ok = False
@@ -89,6 +94,8 @@ class WriterLoop:
         metrics.CONNECTED.labels(component="writer").set(1 if self.influx_ok else 0)
         pending: tuple[Round, Future | None] | None = None
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-write")
+        if self.converter_process:
+            self.conversion = ProcessConversion(self.converter.schema)
         try:
             while not self.stop.is_set():
                 self.queues.open_new_files()
@@ -111,6 +118,7 @@ class WriterLoop:
             self.close()
 
     def close(self) -> None:
+        self.conversion.close()
         self.queues.close()
         self.sink.close()
 
@@ -133,6 +141,7 @@ class WriterLoop:
                 break
             if not took:
                 self.stop.wait(min(IDLE_POLL_S, remaining))
+        self.conversion.finish(batch)
         return batch
 
     def _take_fair(self, batch: Round) -> bool:
@@ -152,8 +161,8 @@ class WriterLoop:
         return took
 
     def _take_share(self, batch: Round, source: str, share: int) -> bool:
-        """Items from one source until ``share`` events, one item at a time, each converted and
-        let go before the next is read (memory: one item of decoded events)."""
+        """Items from one source until ``share`` events, one item at a time, each handed to the
+        conversion and let go before the next is read (memory: one item of decoded events)."""
         consumer, taken = self.consumers[source], 0
         while taken < share:
             items = self.queues.call(source, "take", lambda: consumer.take(1))
@@ -161,10 +170,10 @@ class WriterLoop:
                 break
             item = items[0]
             batch.taken.setdefault(source, []).append(item.item_id)
-            batch.counts[source] = batch.counts.get(source, 0) + len(item.events)
-            batch.events += len(item.events)
-            taken += len(item.events)
-            self._convert(batch, source, item.item_id, item.events)
+            batch.counts[source] = batch.counts.get(source, 0) + item.count
+            batch.events += item.count
+            taken += item.count
+            self.conversion.add(batch, source, item)
             del items, item
         return taken > 0
 

@@ -28,7 +28,8 @@ different backend would implement the same store operations.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable
 
@@ -39,7 +40,7 @@ from ha_ingestor.queue.serializer import _Json
 from ha_ingestor.queue.sqlite_backend import (SQLiteStore, dead_rows, wal_bytes_for,
                                                wal_file_bytes)
 
-__all__ = ["Producer", "Consumer", "Batch", "QueueStatus", "DeadLetter", "QueueError", "QueueFull",
+__all__ = ["Producer", "Consumer", "Batch", "decode_events", "QueueStatus", "DeadLetter", "QueueError", "QueueFull",
            "DiskFull", "queue_file", "hold_role", "read_status", "peek", "list_dead",
            "requeue_dead", "purge", "dead_letter_item", "PRODUCER", "CONSUMER", "HEADROOM_BYTES"]
 
@@ -53,11 +54,23 @@ SHM_BYTES = 32 * 1024                # SQLite's shared-memory file beside a file
 
 @dataclass(frozen=True)
 class Batch:
-    """One queue item as the consumer sees it."""
+    """One queue item as the consumer sees it: its id, the stored JSON, when it was appended,
+    how many events it holds, and the events, decoded on first use (so the writer can hand
+    ``data`` to a converter process without decoding it)."""
 
     item_id: int
-    events: list[dict]
+    data: bytes = field(repr=False)
     enqueued_at: float
+    count: int
+
+    @cached_property
+    def events(self) -> list[dict]:
+        return decode_events(self.data)
+
+
+def decode_events(data: bytes) -> list[dict]:
+    """The events of a stored item (``Batch.data``)."""
+    return _Json.loads(data)["events"]
 
 
 @dataclass(frozen=True)
@@ -222,9 +235,8 @@ class Consumer(_QueueFile):
             if taken is None:
                 break
             self._cursor = taken.item_id
-            events = _Json.loads(taken.data)["events"]
-            batches.append(Batch(taken.item_id, events, taken.enqueued_at))
-            count += len(events)
+            batches.append(Batch(taken.item_id, taken.data, taken.enqueued_at, taken.events))
+            count += taken.events
         return batches
 
     def ack(self, item_ids: Iterable[int],
@@ -255,7 +267,7 @@ class Consumer(_QueueFile):
         writer need not hold every event in memory while InfluxDB answers (it needs one back
         only to dead-letter it). None when the item is gone (purged by an operator)."""
         data = self._store.data_of(item_id)
-        return None if data is None else _Json.loads(data)["events"]
+        return None if data is None else decode_events(data)
 
     def dead_letter_item(self, item_id: int, reason: str) -> int:
         """Move every event of one item (taken or ready) to the dead-letter store with
