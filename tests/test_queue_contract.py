@@ -216,3 +216,17 @@ def test_requeue_dead_killed_at_any_point_never_doubles_nor_loses_a_letter(tmp_p
         assert sorted(queued + dead) == list(range(20_000)), f"killed at {fraction}"
         assert not queued or not dead, "requeued and still dead at once"
     assert len(queued) == 20_000
+
+
+def test_a_persist_queue_without_what_the_backend_uses_is_refused_naming_it(tmp_path,
+                                                                            monkeypatch):
+    """A persist-queue release that changed the internals BatchQueue extends (simulated by
+    removing one from the installed class): a clear error and exit 4, never a silent change of
+    how items are taken and acknowledged."""
+    from ha_ingestor.queue import sqlite_backend
+    monkeypatch.delattr(sqlite_backend.SQLiteAckQueue, "_mark_ack_status")
+    with pytest.raises(QueueError, match=r"persist-queue \d+\.\d+\.\d+ is not the version this "
+                                         r"release was built for \(1\.1\): it lacks "
+                                         r"_mark_ack_status") as refused:
+        Producer(tmp_path, "mqtt", 2**30)
+    assert refused.value.exit_code == 4

@@ -20,13 +20,11 @@ SCHEMA = build_schema({"mqtt": {"presets": ["zigbee2mqtt"]}})
 DB = "home"
 
 
-class _Loop:
-    """What WriterLoop._convert uses of the loop."""
+class _Loop(WriterLoop):
+    """The loop's own conversion, without its queue files and sink."""
 
-    converter = Converter(SCHEMA)
-
-    def convert_item(self, batch, source, item_id, events):
-        WriterLoop._convert(self, batch, source, item_id, events)
+    def __init__(self):
+        self.converter = Converter(SCHEMA)
 
 
 def converted(conversion, items) -> Round:
@@ -47,7 +45,7 @@ def test_the_converter_process_gives_the_lines_of_the_inline_path(tmp_path):
     consumer = queue.Consumer(tmp_path, "mqtt")
     items = [("mqtt", item) for item in consumer.take(10_000)]
 
-    inline = converted(InlineConversion(_Loop().convert_item), items)
+    inline = converted(InlineConversion(_Loop()._convert), items)
     process = ProcessConversion(SCHEMA)
     try:
         separate = converted(process, items)

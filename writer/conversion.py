@@ -138,22 +138,23 @@ class ProcessConversion:
                             f"code {code}); items in flight are written again after a restart")
 
 
-class _Stage:
-    """What ``WriterLoop._convert`` uses of the loop: its converter."""
-
-    def __init__(self, converter: Converter):
-        self.converter = converter
-
-
 def _serve(conn: Connection) -> None:
     """The converter process: the schema, then (source, item id, stored JSON) in and (lines,
     positions, dead letters) out, until the writer closes the socket. Signals are the writer's
     business."""
     from writer.loop import Round, WriterLoop
+
+    class Stage(WriterLoop):
+        """The loop's methods, for ``_convert``; of its state only the converter is here (what
+        ``_convert`` uses of the loop must be set up in this constructor too)."""
+
+        def __init__(self, converter: Converter):
+            self.converter = converter
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        stage = _Stage(Converter(conn.recv()))
+        stage = Stage(Converter(conn.recv()))
     except (EOFError, OSError):
         return
     while True:
@@ -166,7 +167,7 @@ def _serve(conn: Connection) -> None:
         source, item_id, data = message
         try:
             part = Round()
-            WriterLoop._convert(stage, part, source, item_id, decode_events(data))
+            stage._convert(part, source, item_id, decode_events(data))
             answer = (part.lines, [p for _s, _i, p in part.owners], part.dead.get(source, []))
         except Exception:  # noqa: BLE001 - the writer raises it as its own failure
             answer = traceback.format_exc()

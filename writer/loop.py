@@ -102,8 +102,9 @@ class WriterLoop:
                 self._report_status()
                 batch = self._take_round()
                 if pending is not None:
-                    self._complete(*pending)
+                    self._complete(*pending)        # meanwhile a converter process converts
                     pending = None
+                self.conversion.finish(batch)
                 if batch.events == 0:
                     self._ping_when_idle()
                     self.stop.wait(IDLE_POLL_S)
@@ -141,7 +142,6 @@ class WriterLoop:
                 break
             if not took:
                 self.stop.wait(min(IDLE_POLL_S, remaining))
-        self.conversion.finish(batch)
         return batch
 
     def _take_fair(self, batch: Round) -> bool:

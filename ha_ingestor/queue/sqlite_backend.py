@@ -149,6 +149,8 @@ def check_persist_queue(queue: BatchQueue | None = None) -> None:
                     if not isinstance(getattr(queue, name, None), sqlite3.Connection)]
         missing += [name for name in ("tran_lock", "action_lock")
                     if not hasattr(getattr(queue, name, None), "acquire")]
+        if getattr(queue, "_table_name", None) != f"`{schema.INDEX}`":
+            missing.append(f"the table name {schema.INDEX}")
     if missing:
         raise QueueError(f"persist-queue {persistqueue.__version__} is not the version this "
                          f"release was built for (1.1): it lacks {', '.join(missing)}; install "
