@@ -10,9 +10,9 @@ The converter process runs ``WriterLoop._convert`` itself, the same per-event ru
 inline path (a line, nothing, or a dead letter with its reason), on the same ``Converter``. It
 holds no queue file and no lock: it gets bytes and returns lines. It is a fresh interpreter
 (``python -m writer.conversion``: nothing of the writer's open files or threads is inherited,
-and no multiprocessing helper process comes with it) talking pickles over a socket pair; it
-exits when the writer closes the socket or dies, and if it dies first the writer stops with an
-error (exit 1) and is restarted: what it had taken is taken again.
+and no resource-tracker process of multiprocessing comes with it) talking pickles over a
+socket pair; it exits when the writer closes the socket or dies, and if it dies first the
+writer stops with an error (exit 1) and is restarted: what it had taken is taken again.
 """
 
 from __future__ import annotations
