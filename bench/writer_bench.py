@@ -20,6 +20,13 @@ events, zigbee2mqtt JSON and plain MQTT values; one point each), then in the sam
    overlaps the post with the next take and convert), or two, the writer taking and acking
    while a converter process decodes and converts (``python_side_ceiling_two_processes``).
 
+5. ``cpu_us_per_point``: CPU time (utime + stime from /proc) of each process per point, during
+   the ceiling run (influxd and the posting client) and the drain (influxd, the writer, its
+   converter process), and from those the rates an idle 2-core machine would allow
+   (``idle_2_core_projection``): each single-threaded process capped at one core, all of them
+   together at two. A projection, not a measurement; it holds up on a busy machine, where the
+   wall-clock figures above measure the other work as much as this one.
+
 Prints one JSON line.
 """
 
@@ -41,7 +48,7 @@ import yaml  # noqa: E402
 
 from ha_ingestor import queue  # noqa: E402
 from ha_ingestor.config.schema import build_schema  # noqa: E402
-from tests.chaos.procfs import children  # noqa: E402
+from tests.chaos.procfs import children, cpu_seconds  # noqa: E402
 from tests.support.fixtures_influx import InfluxServer, mixed_events  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
 
@@ -64,8 +71,10 @@ def fill_queues(queue_dir: Path, total: int, start_ns: int) -> float:
     return time.monotonic() - began
 
 
-def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int) -> float:
-    """Points/s for pre-built lines posted through the writer's own v1 sink."""
+def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int
+            ) -> tuple[float, dict]:
+    """Points/s for pre-built lines posted through the writer's own v1 sink, and the CPU µs per
+    point of influxd and of this client."""
     from ha_ingestor.config import load_config
     from writer.convert import Converter
     from writer.sink_v1 import SinkV1
@@ -77,12 +86,15 @@ def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int) -
                                            "mqtt": {"enabled": False},
                                            "homeassistant": {"enabled": False}}))
     sink = SinkV1(load_config(config_path).influxdb)
+    influx_cpu, client_cpu = cpu_seconds(server.proc.pid), time.process_time()
     began = time.monotonic()
     for i in range(0, len(lines), batch_size):
         sink.write(lines[i:i + batch_size])
     elapsed = time.monotonic() - began
+    cpu = {"influxd": cpu_seconds(server.proc.pid) - influx_cpu,
+           "client": time.process_time() - client_cpu}
     sink.close()
-    return len(lines) / elapsed
+    return len(lines) / elapsed, {k: round(v / len(lines) * 1e6, 2) for k, v in cpu.items()}
 
 
 def cost_breakdown(workdir: Path, events: int, start_ns: int) -> dict:
@@ -143,10 +155,13 @@ def drain(server: InfluxServer, workdir: Path, total: int, batch_size: int,
     proc = subprocess.Popen([sys.executable, "-m", "ha_ingestor", "--config", str(config_path),
                              "write"], stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     peak = converter = 0.0
+    influx_cpu = cpu_seconds(server.proc.pid)
+    spent: dict[int, float] = {}
     while True:
         time.sleep(0.25)
         peak = max(peak, rss_peak_mb(proc.pid))
         converter = max([converter] + [rss_peak_mb(c) for c in children(proc.pid)])
+        spent.update(_cpu_of([proc.pid] + children(proc.pid)))
         left = sum(s.ready + s.in_flight for s in
                    (queue.read_status(workdir / "queue", src) for src in ("ha", "mqtt")) if s)
         if left == 0:
@@ -156,12 +171,39 @@ def drain(server: InfluxServer, workdir: Path, total: int, batch_size: int,
     elapsed = time.monotonic() - began
     peak = max(peak, rss_peak_mb(proc.pid))
     converter = max([converter] + [rss_peak_mb(c) for c in children(proc.pid)])
+    spent.update(_cpu_of([proc.pid] + children(proc.pid)))
+    influx_cpu = cpu_seconds(server.proc.pid) - influx_cpu
     proc.terminate()
     proc.wait(30)
     written = server.points_fast("home")
+    per_point = {"influxd": influx_cpu, "writer": spent.pop(proc.pid, 0.0),
+                 "converter": sum(spent.values())}
     return {"drain_s": round(elapsed, 2), "points_written": written,
             "drain_points_per_s": round(written / elapsed), "rss_mb_at_1m_backlog": round(peak, 1),
-            "converter_rss_mb": round(converter, 1)}
+            "converter_rss_mb": round(converter, 1),
+            "drain_cpu": {k: round(v / written * 1e6, 2) for k, v in per_point.items()}}
+
+
+def _cpu_of(pids: list[int]) -> dict[int, float]:
+    seconds = {}
+    for pid in pids:
+        try:
+            seconds[pid] = cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return seconds
+
+
+def idle_2_core_projection(ceiling_cpu: dict, drain_cpu: dict) -> dict:
+    """Points/s an idle 2-core machine would allow: every single-threaded Python process
+    capped at one core (influxd is multi-threaded), all processes together at two cores."""
+    def rate(single_threaded: list[float], everything: list[float]) -> float:
+        limits = [1e6 / us for us in single_threaded if us > 0]
+        return min(limits + [2e6 / sum(everything)])
+    top = rate([ceiling_cpu["client"]], list(ceiling_cpu.values()))
+    drain = rate([drain_cpu["writer"], drain_cpu["converter"]], list(drain_cpu.values()))
+    return {"ceiling_points_per_s": round(top), "drain_points_per_s": round(drain),
+            "drain_vs_ceiling": round(drain / top, 2)}
 
 
 def main() -> None:
@@ -180,8 +222,8 @@ def main() -> None:
     try:
         start_ns = time.time_ns() - 3 * 3600 * 10**9
         fill_s = fill_queues(workdir / "queue", args.events, start_ns)
-        ceiling_pps = ceiling(server, args.ceiling_points, args.batch_size,
-                              start_ns - 3600 * 10**9)
+        ceiling_pps, ceiling_cpu = ceiling(server, args.ceiling_points, args.batch_size,
+                                           start_ns - 3600 * 10**9)
         result = drain(server, workdir, args.events, args.batch_size, args.converter_process)
         costs = cost_breakdown(workdir, args.breakdown_events, start_ns - 2 * 3600 * 10**9)
     finally:
@@ -193,6 +235,7 @@ def main() -> None:
     # with a converter process: the writer takes and acks, the converter decodes and converts
     two_cores = 1e6 / max(costs["queue_take"] + costs["queue_ack"],
                           costs["decode"] + costs["convert"])
+    drain_cpu = result.pop("drain_cpu")
     print(json.dumps({"events": args.events, "batch_size": args.batch_size,
                       "converter_process": args.converter_process,
                       "fill_s": round(fill_s, 1), **result,
@@ -200,7 +243,9 @@ def main() -> None:
                       "drain_vs_ceiling": round(result["drain_points_per_s"] / ceiling_pps, 2),
                       "cost_us_per_event": costs,
                       "python_side_ceiling_points_per_s": round(one_core),
-                      "python_side_ceiling_two_processes": round(two_cores)}))
+                      "python_side_ceiling_two_processes": round(two_cores),
+                      "cpu_us_per_point": {"ceiling": ceiling_cpu, "drain": drain_cpu},
+                      "idle_2_core_projection": idle_2_core_projection(ceiling_cpu, drain_cpu)}))
 
 
 if __name__ == "__main__":

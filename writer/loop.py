@@ -58,7 +58,6 @@ class WriterLoop:
     def __init__(self, queue_dir: Path, sink: Sink, converter: Converter, stop: StopFlag,
                  batch_size: int, flush_interval: float,
                  converter_process: bool | None = None):
-        self.queue_dir = Path(queue_dir)
         self.queues = WriterQueues(queue_dir, stop)   # exit 4 if another writer runs
         self.sink = sink
         self.converter = converter

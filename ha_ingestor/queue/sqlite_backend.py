@@ -44,7 +44,8 @@ WAL_BYTES = 4 * 2**20          # checkpoint when the write-ahead log holds this 
 WAL_MIN, WAL_MAX = 2**19, 16 * 2**20
 LOCKED_RETRIES = 5
 SHRINK_FREE_BYTES = 4 * 2**20  # a drained file with this much free space gives it back...
-SHRINK_LIVE_BYTES = 2**20      # ...when at most this much is live (VACUUM rewrites that much)
+SHRINK_LIVE_BYTES = 2**20      # ...when at most this much is live (VACUUM rewrites that much),
+SHRINK_EVERY_S = 60.0          # ...at most this often (a busy file has free pages all the time)
 WAL_KEY = "queue.wal_bytes"    # the producer's checkpoint interval, for the consumer to follow
 
 READY, IN_FLIGHT = int(AckStatus.ready), int(AckStatus.unack)
@@ -172,6 +173,7 @@ class SQLiteStore:
             "open the queue", lambda: BatchQueue(path, synchronous, resume))
         check_persist_queue(self._q)
         self._page_size = self._read("PRAGMA page_size")[0][0]
+        self._shrunk_at = float("-inf")
         self.wal_bytes = 0
         if wal_bytes is not None and self.get_meta(WAL_KEY) != str(wal_bytes):
             self.set_meta(WAL_KEY, str(wal_bytes))
@@ -278,7 +280,9 @@ class SQLiteStore:
         True when the file was cut."""
         live, free = self.page_usage()
         try:
-            if free >= SHRINK_FREE_BYTES and live <= SHRINK_LIVE_BYTES:
+            if free >= SHRINK_FREE_BYTES and live <= SHRINK_LIVE_BYTES and \
+                    time.monotonic() - self._shrunk_at >= SHRINK_EVERY_S:
+                self._shrunk_at = time.monotonic()
                 self._run("give free pages back", self._vacuum)
                 live, free = self.page_usage()
             if disk.file_bytes(self.path) > live + free + SHRINK_FREE_BYTES:
