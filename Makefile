@@ -7,13 +7,19 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv test demo chaos bench clean
+FUZZ_EXAMPLES ?= 50000
+
+.PHONY: help system-deps venv ha-venvs test images addon demo chaos fuzz bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
 	@echo "make test    - the test suite (installs what is missing)"
+	@echo "make images  - build and run the product and add-on images with podman (root)"
+	@echo "make addon   - put the ha-ingestor wheel into the add-on folder, to install it locally"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
+	@echo "make fuzz    - the property-based suites at length (50 000 examples a boundary, random seed)"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
+	@echo "make ha-venvs - install the Home Assistant venvs now (the tests do on first use)"
 
 system-deps:
 	@scripts/install-system-deps.sh
@@ -26,14 +32,36 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Every tested Home Assistant release in its own venv under ~/.cache/ha-ingestor (timed).
+ha-venvs: venv
+	$(PY) -m tests.support.ha_venv
+
 test: system-deps venv
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# The image tests are part of `make test` where podman is installed (CI installs it); this target
+# installs podman, runc and debootstrap and runs only them.
+images: venv
+	@scripts/install-system-deps.sh --images
+	$(PY) -m pytest -q -ra tests/test_images.py $(PYTEST_ARGS)
+
+addon: venv
+	rm -f deploy/homeassistant-addon/ha-ingestor/wheels/*.whl
+	$(PIP) wheel --quiet --no-deps --wheel-dir deploy/homeassistant-addon/ha-ingestor/wheels .
 
 demo: system-deps venv
 	$(PY) scripts/demo.py $(ARGS)
 
 chaos: system-deps venv
 	$(PY) -m tests.chaos --profile full $(ARGS)
+
+# FUZZ_SEED=<n> draws the same examples again (a failure report names its seed).
+fuzz: system-deps venv
+	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "make fuzz: seed $$seed, $(FUZZ_EXAMPLES) examples per boundary"; \
+	FUZZ_SEED=$$seed FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -ra -s -m fuzz \
+		-o timeout=14400 $(PYTEST_ARGS) || { echo "make fuzz: failed with seed $$seed"; exit 1; }; \
+	echo "make fuzz: passed with seed $$seed"
 
 bench: system-deps venv
 	$(PY) bench/queue_bench.py

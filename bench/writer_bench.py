@@ -15,11 +15,10 @@ events, zigbee2mqtt JSON and plain MQTT values; one point each), then in the sam
    ``converter_rss_mb`` the converter process's, when there is one;
 4. ``cost_us_per_event``: the CPU time (``process_time``, so a busy machine inflates it less than
    wall time) of each step of the writer alone on a separate 100 000-event queue (take,
-   decode, convert, ack; ``influx_post`` from step 1), and the points/s one Python process
-   could reach doing them back to back (``python_side_ceiling_points_per_s``; the writer
+   decode, convert including the UTF-8 encoding of the line, ack; ``influx_post`` from step
+   1), and the points/s one Python process could reach doing them back to back (``python_side_ceiling_points_per_s``; the writer
    overlaps the post with the next take and convert), or two, the writer taking and acking
-   while a converter process decodes and converts (``python_side_ceiling_two_processes``).
-
+   while a converter process decodes and converts (``python_side_ceiling_two_processes``);
 5. ``cpu_us_per_point``: CPU time (utime + stime from /proc) of each process per point, during
    the ceiling run (influxd and the posting client) and the drain (influxd, the writer, its
    converter process), and from those the rates an idle 2-core machine would allow
@@ -79,7 +78,7 @@ def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int
     from writer.convert import Converter
     from writer.sink_v1 import SinkV1
     convert = Converter(build_schema(SCHEMA)).convert
-    lines = [convert(e) for e in mixed_events(points, start_ns)]
+    lines = [convert(e).encode() for e in mixed_events(points, start_ns)]
     server.create_database("ceiling")
     config_path = Path(tempfile.mkdtemp()) / "c.yaml"
     config_path.write_text(yaml.safe_dump({"influxdb": {"url": server.url, "database": "ceiling"},
@@ -120,7 +119,7 @@ def cost_breakdown(workdir: Path, events: int, start_ns: int) -> dict:
             spent["decode"] += time.process_time() - began
             began = time.process_time()
             for event in decoded:
-                convert(event)
+                convert(event).encode()          # the writer encodes each line itself
             spent["convert"] += time.process_time() - began
             began = time.process_time()
             consumer.ack([items[0].item_id])

@@ -43,10 +43,21 @@ class AuthError(IngestorError):
     exit_code = EXIT_AUTH
 
 
+class ConverterStopped(IngestorError):
+    """The writer's converter process stopped (a crash, a kill). The writer exits 1 and is
+    restarted; what it had taken is taken again (and an item it keeps dying on, moved aside)."""
+
+
 class QueueError(IngestorError):
     """The queue file is unusable (corrupt, not SQLite, unwritable). The message names the file."""
 
     exit_code = EXIT_QUEUE
+
+
+class NoSuchItem(QueueError):
+    """A repair command named a queue item that is not waiting in the queue (a usage error)."""
+
+    exit_code = EXIT_CONFIG
 
 
 class QueueFull(IngestorError):
@@ -73,3 +84,17 @@ class TransientError(IngestorError):
 
 class PermanentError(IngestorError):
     """Retrying the same input will fail the same way (400, 422, malformed data)."""
+
+
+class ConversionError(PermanentError, ValueError):
+    """One event cannot become a point; the message says why. ``kind`` is a short label for the
+    dead-letter metric (``malformed``, ``name``, ``limit``, ``text``, ``binary``, ...)."""
+
+    def __init__(self, message: str, kind: str = "malformed"):
+        super().__init__(message)
+        self.kind = kind
+
+
+class UnreadableItem(PermanentError):
+    """The stored bytes of one queue item cannot be decoded (a damaged file): that item's
+    problem only. The writer keeps its bytes as a dead letter with this reason and goes on."""

@@ -2,8 +2,10 @@
 """``make demo``: the whole pipeline on this machine, from nothing to rows in InfluxDB.
 
 1. Installs what is missing: the Debian packages ``mosquitto`` and ``influxdb`` (with apt-get, as
-   root) and a real Home Assistant 2024.3.3 in its own virtual environment (first run only, about
-   two minutes). ``make`` has already created the project's own ``.venv``.
+   root) and a real Home Assistant in its own virtual environment (first run only: a few
+   minutes). ``make`` has already created the project's own ``.venv``. The release is the newest
+   tested one this machine has a Python for: 2025.4.4 where Python 3.13 is found (pyenv's
+   included), otherwise 2024.3.3 on Python 3.11 (a plain Debian 12); ``--ha-version`` picks one.
 2. Starts Mosquitto, InfluxDB 1.x and Home Assistant on free loopback ports, with all their data
    in ``./.demo/``, writes an ``ha-ingestor`` config there and starts ``ha-ingestor run``.
 3. Generates activity for a minute: state changes through HA's WebSocket API, and MQTT messages on
@@ -11,7 +13,8 @@
 4. Prints ``ha-ingestor queue status`` and what landed in InfluxDB per measurement, then stops
    everything it started (by pid).
 
-    .venv/bin/python scripts/demo.py [--seconds 60] [--fake-ha] [--keep-running] [--workdir DIR]
+    .venv/bin/python scripts/demo.py [--seconds 60] [--ha-version V] [--fake-ha] [--keep-running]
+                                     [--workdir DIR]
 
 ``--fake-ha`` uses the project's HA test server instead of a real HA (starts in a second).
 Exits 1 when no HA or no MQTT data reached InfluxDB.
@@ -36,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
+
+from tests.support.ha_venv import HA_VERSIONS, find_python, release  # noqa: E402
 
 DEMO_DIR = ROOT / ".demo"
 DATABASE = "home_assistant"
@@ -68,12 +73,21 @@ def ensure_debian_packages() -> None:
                    check=True, env=env)
 
 
-def ensure_real_ha() -> None:
+def pick_ha_version(asked: str | None) -> str:
+    """The release asked for, else the newest tested release this machine has a Python for (the
+    one closest to what users run); the oldest when none is found (its install says why)."""
+    if asked:
+        return asked
+    runnable = [v for v in HA_VERSIONS if find_python(release(v).python)]
+    return runnable[-1] if runnable else HA_VERSIONS[0]
+
+
+def ensure_real_ha(version: str) -> None:
     from tests.support.real_ha import ensure_ha_venv, ha_venv_dir
-    venv = ha_venv_dir()
+    venv = ha_venv_dir(version)
     if not (venv / "bin" / "hass").exists():
-        say(f"installing Home Assistant 2024.3.3 into {venv} (first run only, about 2 minutes)")
-    ensure_ha_venv()
+        say(f"installing Home Assistant {version} into {venv} (first run only, a few minutes)")
+    ensure_ha_venv(version=version)
 
 
 # ---- 2. servers -----------------------------------------------------------------------------
@@ -118,8 +132,9 @@ class HomeAssistant:
     """The real HA or the project's HA test server, behind the two things the demo needs: a
     WebSocket URL with a token, and a way to change states."""
 
-    def __init__(self, stack: Stack, fake: bool):
+    def __init__(self, stack: Stack, fake: bool, version: str):
         self.fake = fake
+        self.version = version
         if fake:
             self._start_fake(stack)
         else:
@@ -127,18 +142,19 @@ class HomeAssistant:
 
     def _start_real(self, stack: Stack) -> None:
         from tests.support.real_ha import HomeAssistantServer
-        say("starting Home Assistant 2024.3.3 (about 20 s)")
-        self.server = HomeAssistantServer(stack.workdir / "homeassistant").start()
+        say(f"starting Home Assistant {self.version} (about 20 s)")
+        self.server = HomeAssistantServer(stack.workdir / "homeassistant",
+                                          version=self.version).start()
         stack.started("homeassistant", self.server.stop)
         self.ws_url, self.token = self.server.ws_url, self.server.token
         say(f"Home Assistant on {self.server.url} (pid {self.server.pid})")
 
     def _start_fake(self, stack: Stack) -> None:
         from tests.support.ha_test_server import HATestServer
-        self.server = HATestServer(token="demo-token").start()
+        self.server = HATestServer(token="demo-token", ha_version=self.version).start()
         stack.started("ha test server", self.server.stop)
         self.ws_url, self.token = self.server.url, self.server.token
-        say(f"HA test server on {self.ws_url}")
+        say(f"HA test server on {self.ws_url} (frames of HA {self.version})")
 
     def activity(self, stop: threading.Event, counts: dict) -> None:
         """State changes until ``stop``: about 5 service calls a second on a real HA."""
@@ -401,6 +417,9 @@ def print_table(rows: list[tuple[str, str, int]]) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run HA Ingestor end to end on this machine.")
     parser.add_argument("--seconds", type=float, default=60, help="activity duration (60)")
+    parser.add_argument("--ha-version", choices=HA_VERSIONS, default=None,
+                        help="the Home Assistant release (default: the newest this machine "
+                        "has a Python for)")
     parser.add_argument("--fake-ha", action="store_true",
                         help="use the project's HA test server instead of a real HA")
     parser.add_argument("--keep-running", action="store_true",
@@ -412,11 +431,12 @@ def parse_args() -> argparse.Namespace:
 
 def run_demo(args: argparse.Namespace, stack: Stack) -> int:
     ensure_debian_packages()
+    version = pick_ha_version(args.ha_version)
     if not args.fake_ha:
-        ensure_real_ha()
+        ensure_real_ha(version)
     mosquitto = start_mosquitto(stack)
     influx = start_influxdb(stack)
-    ha = HomeAssistant(stack, args.fake_ha)
+    ha = HomeAssistant(stack, args.fake_ha, version)
     config_path, ports = write_config(stack.workdir, mosquitto, influx, ha)
     start_ingestor(stack, config_path, ports)
     counts = generate_activity(args.seconds, ha, mosquitto.port)

@@ -1,22 +1,39 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the demo run for real: Mosquitto, InfluxDB 1.6.7,
-# VictoriaMetrics. Does nothing when they are present; needs root (or sudo) when they are not.
+# VictoriaMetrics, openssl (test CAs) and python3-venv. With --images, also what building and
+# running the container images needs: podman, runc (podman's default runtime, crun, fails on
+# these VMs' cgroups) and debootstrap (the base image is made from Debian's packages).
+#
+# Does nothing when every package is installed; needs root (or sudo) when one is missing.
+#
+# It installs packages and nothing else: it never stops, starts, enables or disables a system
+# service. On a host that runs its own Mosquitto or InfluxDB (say, the one Home Assistant uses)
+# those keep running untouched; the tests start their own servers on free loopback ports. Note
+# that on a host without them, Debian's mosquitto and influxdb packages start their own service
+# when first installed (that is the package's doing; remove or disable it yourself if unwanted).
 set -euo pipefail
+
+packages=(mosquitto mosquitto-clients influxdb victoria-metrics openssl python3-venv)
+for arg in "$@"; do
+  case "$arg" in
+    --images) packages+=(podman runc debootstrap) ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option: $arg (known: --images)" >&2; exit 2 ;;
+  esac
+done
+
+installed() {
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = "installed" ]
+}
+
 need=()
-command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
-command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || need+=(influxdb)
-command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)   # test CAs for the TLS tests
+for package in "${packages[@]}"; do
+  installed "$package" || need+=("$package")
+done
 [ ${#need[@]} -eq 0 ] && exit 0
+
 echo "installing Debian packages: ${need[*]}"
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
-# The packages may start system-wide services; the tests start their own on free ports instead.
-for svc in mosquitto influxdb victoria-metrics; do
-  $sudo systemctl stop "$svc" >/dev/null 2>&1 || $sudo service "$svc" stop >/dev/null 2>&1 || true
-done
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"

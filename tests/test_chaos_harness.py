@@ -45,6 +45,16 @@ def test_collector_that_stores_twice_is_caught(tmp_path):
     assert report.ours_mqtt.duplicates_by, text
 
 
+def test_collector_that_stores_retained_messages_again_is_caught(tmp_path):
+    """Before retained messages were recognised: every restart of the collector subscribed again
+    and stored the retained messages the broker sent, each a second point."""
+    report, text = run_broken(tmp_path, "collector_restores_retained",
+                              [faults.Step("kill_mqtt", 3)])
+    assert not report.passed, text
+    assert len(report.ours_retained.duplicates_by) == 8, text   # every retained topic
+    assert report.ours_ha.duplicates == 0 and report.ours_mqtt.lost == 0, text
+
+
 def test_collector_that_drops_commits_is_caught(tmp_path):
     report, text = run_broken(tmp_path, "collector_drops", [])
     assert not report.passed, text

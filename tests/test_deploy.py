@@ -164,10 +164,12 @@ def test_every_command_and_option_in_the_docs_exists():
 
 def test_dockerfile_is_slim_non_root_with_a_healthcheck():
     text = (DEPLOY / "Dockerfile").read_text()
-    bases = re.findall(r"^FROM (\S+)", text, re.M)
-    assert bases and all(re.match(r"python:3\.\d+-slim", b) for b in bases), bases
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", text, re.M).group(1)
+    assert re.fullmatch(r"python:3\.\d+-slim-\w+", base), base
+    assert re.findall(r"^FROM (\S+)", text, re.M)[-1] == "${BASE_IMAGE}"
+    uid = re.search(r"^ARG UID=(\d+)$", text, re.M).group(1)
     user = re.findall(r"^USER (\S+)", text, re.M)
-    assert user and user[-1] not in ("root", "0")
+    assert user[-1] == "${UID}:${UID}" and int(uid) > 0      # numeric, for runAsNonRoot
     assert re.search(r"^HEALTHCHECK .*\n?.*CMD", text, re.M)
     assert re.search(r'^ENTRYPOINT \["ha-ingestor"\]', text, re.M)
     exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()}
@@ -181,7 +183,7 @@ def test_compose_services_ports_volumes_and_restart_policies():
     data = compose()
     services = data["services"]
     assert {"mosquitto", "influxdb", "writer", "collect-mqtt", "collect-ha"} <= set(services)
-    assert services["influxdb"]["image"].startswith("influxdb:1.8")
+    assert services["influxdb"]["image"].startswith("influxdb:1.8")     # profile "try" only
     assert "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in \
         services["mosquitto"]["volumes"]
     for name, service in services.items():
@@ -212,13 +214,6 @@ def test_mosquitto_conf_used_by_compose_keeps_messages():
     assert int(settings.get("max_queued_messages", "1000").strip()) > 1000
     location = settings.get("persistence_location", "").strip()
     assert location.startswith("/mosquitto/data"), "compose mounts the data volume there"
-
-
-def test_env_example_covers_every_variable_compose_requires():
-    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text()))
-    example = {line.split("=", 1)[0] for line in (DEPLOY / ".env.example").read_text()
-               .splitlines() if "=" in line and not line.startswith("#")}
-    assert required and required <= example
 
 
 # ---- Kubernetes -----------------------------------------------------------------------------
@@ -276,23 +271,6 @@ def test_systemd_units_do_not_restart_on_config_or_auth_errors():
             assert f"127.0.0.1:{METRICS_PORTS[component]}/" in text, unit.name
         stop = int(re.search(r"^TimeoutStopSec=(\d+)$", text, re.M).group(1))
         assert stop > 30, "longer than run.shutdown_timeout's default"
-
-
-def test_systemd_units_pass_systemd_analyze_verify(tmp_path):
-    """systemd's own parser: unknown keys or bad values print a warning naming the file."""
-    import shutil
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze not installed")
-    cli = Path(sys.executable).with_name("ha-ingestor")
-    for unit in [*systemd_units(), SYSTEMD / "ha-ingestor.target"]:
-        text = unit.read_text().replace("/opt/ha-ingestor/bin/ha-ingestor", str(cli))
-        (tmp_path / unit.name).write_text(text)
-    result = subprocess.run([analyze, "verify", *sorted(str(p) for p in tmp_path.iterdir())],
-                            capture_output=True, text=True, timeout=60)
-    complaints = [line for line in (result.stdout + result.stderr).splitlines()
-                  if str(tmp_path) in line]
-    assert result.returncode == 0 and not complaints, "\n".join(complaints)
 
 
 def test_systemd_target_wants_every_component_unit():

@@ -16,7 +16,8 @@ import pytest
 
 from tests.support.fixtures_homeassistant import (collector_overrides, metric, scrape,
                                                   state_changes, state_key, wait_for_keys)
-from tests.support.ha_test_server import HATestServer
+from tests.support.ha_test_server import DEFAULT_PROTOCOL, HATestServer
+from tests.support.ha_venv import HA_VERSIONS
 from tests.support.procs import tail, wait_until
 
 
@@ -46,12 +47,16 @@ def assert_each_change_once(envelopes: list[dict]) -> None:
 
 
 @pytest.fixture
-def server():
-    srv = HATestServer(token="test-token", recorder_lag=1.0).start()
+def server(request):
+    """The test server as the newest tested HA, or as ``param`` (indirect parametrization)."""
+    version = getattr(request, "param", DEFAULT_PROTOCOL)
+    srv = HATestServer(token="test-token", recorder_lag=1.0, ha_version=version).start()
     yield srv
     srv.stop()
 
 
+# HA 2024.3.3's recorder times are microsecond-exact, 2025.4.4's are time.time() floats.
+@pytest.mark.parametrize("server", HA_VERSIONS, indirect=True, ids=[f"as{v}" for v in HA_VERSIONS])
 def test_connection_dropped_mid_stream_is_backfilled(ingestor, server):
     ing, proc = start_collector(ingestor, server)
     first = len(server.fired_states)

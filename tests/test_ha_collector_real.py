@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from collectors.homeassistant.committer import epoch
 from tests.support.fixtures_homeassistant import (collector_overrides, state_changes,
                                                   state_key, wait_for_keys)
 from tests.support.procs import kill_process, tail, wait_until
@@ -49,6 +50,24 @@ def wait_for_events(ing, reference: list[dict], timeout: float = 60) -> list[dic
                                if e["event_type"] == "state_changed"}, timeout)
 
 
+def wait_for_every_live_event(ing, reference: list[dict], timeout: float = 60) -> list[dict]:
+    """Wait until every event of ``reference``, of any type, is in the queue as a live event: the
+    last call_service can arrive after the last state change the reference saw."""
+    wanted = {(e["event_type"], e["time_fired"]) for e in reference}
+    envelopes: list[dict] = []
+
+    def arrived() -> bool:
+        nonlocal envelopes
+        envelopes = ing.read_all("ha")
+        return wanted <= {(e["event"]["event_type"], e["event"]["time_fired"])
+                          for e in envelopes if e["kind"] == "live"}
+    try:
+        wait_until(arrived, timeout, "every live event in the queue", interval=0.5)
+    except TimeoutError:
+        pass     # the comparison below names what is missing
+    return envelopes
+
+
 def test_2000_state_changes_then_ha_restart(ingestor, real_ha):
     ing, proc = start_collector(ingestor, real_ha, "restart")
     recorder = EventRecorder(real_ha)
@@ -62,7 +81,8 @@ def test_2000_state_changes_then_ha_restart(ingestor, real_ha):
     assert len(changes) >= 2000
     print(f"real HA: {len(seen)} events, at most {recorder.max_rate()} events/s")
 
-    envelopes = wait_for_events(ing, seen)
+    wait_for_events(ing, seen)
+    envelopes = wait_for_every_live_event(ing, seen)
     live = {(e["event"]["event_type"], e["event"]["time_fired"]): e["event"]
             for e in envelopes if e["kind"] == "live"}
     for event in seen:   # every event, unchanged: time_fired, context, attributes, old_state
@@ -166,10 +186,13 @@ def test_sigkill_while_ha_keeps_changing_states(ingestor, real_ha):
         if envelope["kind"] == "resync":
             resync[envelope["event"]["data"]["entity_id"]] = envelope["event"]
     assert set(current) <= set(resync)
-    latest = {}
+    latest: dict[str, dict] = {}   # the newest state per entity by time, as InfluxDB keeps it
     for envelope in state_changes(envelopes):
-        latest[envelope["event"]["data"]["entity_id"]] = envelope["event"]["data"]["new_state"]
-    for entity_id, state in current.items():   # the queue ends with HA's current state
+        state = envelope["event"]["data"]["new_state"]
+        known = latest.get(state["entity_id"])
+        if known is None or epoch(state["last_updated"]) >= epoch(known["last_updated"]):
+            latest[state["entity_id"]] = state
+    for entity_id, state in current.items():   # the newest state in the queue is HA's current
         assert latest[entity_id]["state"] == state["state"], entity_id
         assert latest[entity_id]["last_updated"] == state["last_updated"], entity_id
     proc.send_signal(signal.SIGTERM)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
-from collectors.homeassistant.backfill import compressed_to_state, history_windows
+import pytest
+
+from collectors.homeassistant.backfill import Backfill, compressed_to_state, history_windows
 from collectors.homeassistant.committer import Watermarks
 from collectors.homeassistant.handoff import DROP_NEWEST, DROP_OLDEST, Handoff
 from ha_ingestor.envelope import state_as_event
 
+SAMPLES = Path(__file__).parent / "data" / "ha-samples"
 
 
 def test_compressed_state_reproduces_the_live_time_fired():
@@ -22,6 +26,33 @@ def test_compressed_state_reproduces_the_live_time_fired():
         state = compressed_to_state("input_boolean.x", {"s": "on", "a": {"k": 1}, "lu": stored})
         assert state["last_updated"] == state["last_changed"] == fired
         assert state_as_event(state, "backfill")["event"]["time_fired"] == fired
+
+
+@pytest.mark.parametrize("version", ["2024.3.3", "2025.4.4"])
+def test_backfill_skips_what_was_committed_whatever_float_the_recorder_kept(version):
+    """Real answers: ten live changes and the recorder's rows for them. 2024.3.3's ``lu`` is the
+    microsecond exactly; 2025.4.4's is HA's ``time.time()`` float, for some rows above the
+    microsecond the live ``time_fired`` shows. Committed live, none may come back as backfill."""
+    folder = SAMPLES if version == "2024.3.3" else SAMPLES / version
+    live = json.loads((folder / "history_live_time_fired.json").read_text())
+    answer = json.loads((folder / "result_history_during_period.json").read_text())["result"]
+    entity_id, fired = live["entity_id"], live["time_fired"]
+    rows = answer[entity_id]
+    above = [row["lu"] > datetime.fromisoformat(t).timestamp() for row, t in zip(rows, fired)]
+    assert any(above) == (version != "2024.3.3")
+    assert [compressed_to_state(entity_id, row)["last_updated"] for row in rows] == fired
+
+    marks = Watermarks()
+    marks.observe([{"event": {"event_type": "state_changed", "time_fired": t,
+                              "data": {"entity_id": entity_id}}} for t in fired])
+    stored: list[dict] = []
+    backfill = Backfill(lambda _query, _timeout: answer, marks, margin=10.0, timeout=1.0)
+    assert backfill.run_pass([entity_id], stored.extend) == 0 and stored == []
+
+    marks.entities[entity_id] = datetime.fromisoformat(fired[4]).timestamp()   # 5 committed
+    backfill = Backfill(lambda _query, _timeout: answer, marks, margin=10.0, timeout=1.0)
+    backfill.run_pass([entity_id], stored.extend)
+    assert [e["event"]["time_fired"] for e in stored] == fired[5:]
 
 
 def test_compressed_state_keeps_last_changed_when_it_differs():

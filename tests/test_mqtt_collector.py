@@ -12,6 +12,7 @@ import pytest
 
 from ha_ingestor import queue
 from ha_ingestor.envelope import mqtt_payload
+from tests.support.fixtures_ingestor import collector_config, start_collector
 from tests.support.fixtures_mosquitto import (make_certificates, make_payload, publish,
                                               publisher_process, tls_listener_conf)
 from tests.support.procs import free_port, kill_process, stop_process, tail, wait_until
@@ -20,23 +21,6 @@ BATCH_EVENTS = 1000  # the default queue.batch_events
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def collector_config(broker_port: int, **mqtt) -> dict:
-    return {"mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker_port,
-                     "client_id": "test-collector", **mqtt}}
-
-
-def start_collector(ing, log: str = "mqtt"):
-    """Start ``collect mqtt`` and wait until it has (re)subscribed."""
-    path = ing.log_path(log)
-    before = path.read_text().count("subscribed to") if path.exists() else 0
-    proc = ing.start("collect", "mqtt", log=log)
-    wait_until(lambda: proc.poll() is not None or
-               path.exists() and path.read_text().count("subscribed to") > before,
-               30, "collector subscribed")
-    assert proc.poll() is None, f"collector exited with {proc.returncode}:\n{tail(path)}"
-    return proc
 
 
 def queued(ing) -> int:

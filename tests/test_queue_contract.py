@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ha_ingestor import queue
-from ha_ingestor.errors import QueueError
+from ha_ingestor.errors import NoSuchItem, QueueError, QueueFull, UnreadableItem
 from ha_ingestor.queue import Consumer, Producer, read_status
 
 WORKER = [sys.executable, "-m", "tests.support.queue_worker"]
@@ -129,6 +130,16 @@ def test_meta_is_committed_with_its_batch(tmp_path):
     assert [e["seq"] for b in batches for e in b.events] == [1]
 
 
+def test_meta_keys_are_read_by_prefix_and_deleted_with_a_batch(tmp_path):
+    producer = Producer(tmp_path, "mqtt", 2**40)
+    producer.append([{"seq": 1}], meta={"r/a": "1", "r/b/c": "2", "r0": "x", "r": "y",
+                                        "r/ä☃": "3"})
+    producer.append([{"seq": 2}], meta={"r/a": None, "r/d": "4"})   # None: delete
+    reopened = Producer(tmp_path, "mqtt", 2**40)
+    assert reopened.meta_items("r/") == {"r/b/c": "2", "r/d": "4", "r/ä☃": "3"}
+    assert reopened.get_meta("r/a") is None and reopened.get_meta("r0") == "x"
+
+
 def test_items_given_back_are_taken_again_before_newer_ones(tmp_path):
     producer = Producer(tmp_path, "mqtt", 2**40)
     for batch in range(4):
@@ -165,8 +176,10 @@ def test_an_item_moves_to_the_dead_letters_whole_taken_or_ready(tmp_path):
 
     assert consumer.dead_letter_item(taken_id, "crashed the writer 3 times") == 3
     assert queue.dead_letter_item(tmp_path, "mqtt", ready_id, "moved aside by hand") == 2
-    assert queue.dead_letter_item(tmp_path, "mqtt", ready_id, "again") == 0
-    assert consumer.dead_letter_item(999, "no such item") == 0
+    with pytest.raises(NoSuchItem, match=f"no item {ready_id} waiting"):
+        queue.dead_letter_item(tmp_path, "mqtt", ready_id, "again")
+    with pytest.raises(NoSuchItem, match="no item 999 waiting"):
+        consumer.dead_letter_item(999, "no such item")
     letters = queue.list_dead(tmp_path, "mqtt")
     assert [(d.event["seq"], d.reason) for d in letters] == [
         (0, "crashed the writer 3 times"), (1, "crashed the writer 3 times"),
@@ -230,3 +243,63 @@ def test_a_persist_queue_without_what_the_backend_uses_is_refused_naming_it(tmp_
                                          r"_mark_ack_status") as refused:
         Producer(tmp_path, "mqtt", 2**30)
     assert refused.value.exit_code == 4
+
+
+def test_a_full_file_drained_in_one_burst_takes_as_much_again(tmp_path, monkeypatch):
+    """An ack deletes the item in its own transaction: a file filled to ``max_bytes`` and
+    drained by one take and one ack (the first release cleared acknowledged rows only every
+    second or every 50 acks, so such a file stayed full of acknowledged rows for good) has its
+    room back at once, every time."""
+    monkeypatch.setattr("ha_ingestor.queue.FULL_RECHECK_S", 0.0)
+    producer = Producer(tmp_path, "mqtt", max_bytes=6_000_000)
+    batch = [{"src": "mqtt", "topic": "t", "p": "x" * 1000, "seq": i} for i in range(100)]
+
+    def fill() -> int:
+        appended = 0
+        with pytest.raises(QueueFull, match="queue is full"):
+            while appended < 1000:
+                producer.append(batch)
+                appended += 1
+        return appended
+
+    consumer = Consumer(tmp_path, "mqtt")
+    first = fill()
+    assert first >= 20
+    for _round in range(3):
+        taken = consumer.take(10**6)
+        consumer.ack([b.item_id for b in taken])              # one burst, one ack
+        status = read_status(tmp_path, "mqtt")
+        assert (status.ready, status.in_flight) == (0, 0)
+        assert not producer.is_full()
+        assert fill() >= first - 1
+
+
+def damage(path: Path, item_id: int, data: bytes) -> None:
+    """Overwrite one item's stored bytes, as a damaged disk would."""
+    conn = sqlite3.connect(path)
+    with conn:
+        assert conn.execute("UPDATE batch_data SET data = ? WHERE _id = ?",
+                            (data, item_id)).rowcount == 1
+    conn.close()
+
+
+def test_an_item_whose_bytes_cannot_be_decoded_is_kept_as_a_dead_letter(tmp_path):
+    producer = Producer(tmp_path, "mqtt", 2**30)
+    ids = [producer.append([{"seq": 2 * i}, {"seq": 2 * i + 1}]) for i in range(3)]
+    producer.close()
+    damage(tmp_path / "mqtt.db", ids[1], b'{"n":2,"events":[{"seq":2},{"se\xff')
+    consumer = Consumer(tmp_path, "mqtt")
+    taken = consumer.take(100)
+    assert [b.item_id for b in taken] == ids and [b.count for b in taken] == [2, 2, 2]
+    with pytest.raises(UnreadableItem, match="the stored item cannot be decoded"):
+        taken[1].events
+    unreadable = {"item": ids[1], "unreadable": '{"n":2,"events":[{"seq":2},{"se\ufffd'}
+    assert queue.peek(tmp_path, "mqtt") == [{"seq": 0}, {"seq": 1}, unreadable,
+                                           {"seq": 4}, {"seq": 5}]
+    assert consumer.dead_letter_item(ids[1], "moved aside") == 1
+    [letter] = queue.list_dead(tmp_path, "mqtt")
+    assert letter.event == unreadable
+    assert letter.reason.startswith("moved aside (the stored item cannot be decoded: ")
+    consumer.ack([ids[0], ids[2]])
+    assert read_status(tmp_path, "mqtt").ready + read_status(tmp_path, "mqtt").in_flight == 0
+    consumer.close()

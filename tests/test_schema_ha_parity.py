@@ -1,10 +1,11 @@
 """Differential test: our state_changed schema against Home Assistant's own code.
 
-HA 2024.3.3's ``_generate_event_to_json`` (homeassistant/components/influxdb) runs inside HA's own
-virtual environment on the same events and options, and influxdb-python 5.3.1 (what HA sends
-with) turns its points into line protocol. Every line must be byte-for-byte ours: real frames plus
-the corner cases of HA's rules (field name clashes, NaN, digit tails, escaping, on/off states,
-every measurement option, component_config precedence, include/exclude).
+Each tested release's ``_generate_event_to_json`` (homeassistant/components/influxdb) runs inside
+HA's own virtual environment on the same events and options, and influxdb-python 5.3.1 (what HA
+sends with, in every tested release) turns its points into line protocol. Every line must be
+byte-for-byte ours: real frames of both releases plus the corner cases of HA's rules (field name
+clashes, NaN, digit tails, escaping, on/off states, every measurement option, component_config
+precedence, include/exclude).
 
 The events are given to HA as ``State.from_dict`` builds them from JSON, exactly what the
 WebSocket carries; ``datetime_attributes`` (which restores HA's own datetime objects) is therefore
@@ -16,24 +17,27 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from ha_ingestor.config.schema import build_schema
-from tests.support.real_ha import ensure_ha_venv
+from tests.support.fixtures_homeassistant import ha_venv_or_skip
 from tests.test_schema_ha import SAMPLE_EVENTS, state_event
 from writer.schema_ha import StateChangedSchemaHA
 
 pytestmark = pytest.mark.realha
 
 HA_SIDE = r"""
-import json, sys
+import inspect, json, sys
 from homeassistant.components.influxdb import INFLUX_SCHEMA, _generate_event_to_json
 from homeassistant.core import Event, State
 from homeassistant.util import dt as dt_util
 from influxdb.line_protocol import make_lines
 
 cases = json.load(sys.stdin)
+# 2024.3.3 builds Event(time_fired=datetime), 2025.4.4 Event(time_fired_timestamp=float).
+takes_timestamp = "time_fired_timestamp" in inspect.signature(Event).parameters
 out = []
 for options in cases["configs"]:
     to_json = _generate_event_to_json(INFLUX_SCHEMA(dict(options)))
@@ -41,9 +45,11 @@ for options in cases["configs"]:
     for ev in cases["events"]:
         new = ev["data"].get("new_state")
         state = State.from_dict(new) if new else None
+        fired = dt_util.parse_datetime(ev["time_fired"])
+        when = ({"time_fired_timestamp": fired.timestamp()} if takes_timestamp
+                else {"time_fired": fired})
         event = Event("state_changed", {"entity_id": ev["data"]["entity_id"], "old_state": None,
-                                        "new_state": state},
-                      time_fired=dt_util.parse_datetime(ev["time_fired"]))
+                                        "new_state": state}, **when)
         point = to_json(event)
         lines.append(None if point is None else make_lines({"points": [point]}).rstrip("\n"))
     out.append(lines)
@@ -75,9 +81,14 @@ CONFIGS = [
 ]
 
 
+SAMPLES_2025 = Path(__file__).parent / "data" / "ha-samples" / "2025.4.4"
+
+
 def corner_cases() -> list[dict]:
     events = [copy.deepcopy(e) for name, e in SAMPLE_EVENTS.items()
               if name.startswith("state_changed")]
+    events += [json.loads(path.read_text())["event"]      # with last_reported
+               for path in sorted(SAMPLES_2025.glob("event_state_changed_*.json"))]
     stamp = "2026-11-27T15:57:48.951097+00:00"
     attrs_tags = {"t_int": 3, "t_float": 2.5, "t_bool": True, "t_list": ["a", "b"],
                   "t_none": None, "t_empty": "", "t_space": "a b,c=d"}
@@ -116,8 +127,8 @@ def corner_cases() -> list[dict]:
     return events
 
 
-def ha_lines(events: list[dict]) -> list[list[str | None]]:
-    python = ensure_ha_venv(("influxdb",)) / "bin" / "python"
+def ha_lines(events: list[dict], version: str) -> list[list[str | None]]:
+    python = ha_venv_or_skip(version, ("influxdb",)) / "bin" / "python"
     done = subprocess.run([str(python), "-c", HA_SIDE], capture_output=True, text=True,
                           input=json.dumps({"configs": CONFIGS, "events": events}), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -131,9 +142,9 @@ def our_line(conv: StateChangedSchemaHA, event: dict) -> str | None:
         return f"error: {exc}"
 
 
-def test_every_line_matches_has_own_integration():
+def test_every_line_matches_has_own_integration(ha_version):
     events = corner_cases()
-    theirs = ha_lines(events)
+    theirs = ha_lines(events, ha_version)
     differences = []
     for options, their_lines in zip(CONFIGS, theirs):
         ours = StateChangedSchemaHA(build_schema(

@@ -3,6 +3,8 @@ messages captured from HA 2024.3.3."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ha_ingestor.config.schema import build_schema
@@ -80,8 +82,13 @@ def test_binary_payload_is_a_conversion_error():
         convert("cam/snapshot", b"\xff\xd8\xff\xe0")
 
 
-def test_empty_json_object_writes_nothing():
-    assert convert("a/b", "{}") is None
+def test_a_payload_with_nothing_to_write_is_a_dead_letter_not_a_silent_drop():
+    strict = {"rules": [{"topic": "strict/#", "format": "json"}]}
+    for topic, payload in (("a/b", "{}"), ("a/b", '{"a": null, "b": {}}'), ("strict/x", "null")):
+        with pytest.raises(ConversionError, match="nothing to write") as caught:
+            convert(topic, payload, strict)
+        assert caught.value.kind == "empty"
+    assert convert("a/b", "null").endswith(f'value_str="null" {RX}')   # auto: not JSON-shaped
 
 
 def test_preset_mqtt_statestream_on_real_messages():
@@ -96,6 +103,20 @@ def test_preset_mqtt_statestream_on_real_messages():
     quoted = convert("homeassistant_statestream/input_number/acc_temp_1/friendly_name",
                      '"Acc temperature 1"', mqtt)
     assert quoted.endswith(f'friendly_name_str="Acc temperature 1" {RX}')
+
+
+@pytest.mark.parametrize("folder", ["", "2025.4.4"], ids=["ha2024.3.3", "ha2025.4.4"])
+def test_preset_mqtt_statestream_on_every_captured_message(folder):
+    """Every live statestream message captured from each tested HA release becomes a point of
+    the preset: the state, the timestamps and each attribute as a field of its entity."""
+    path = Path(__file__).parent / "data" / "ha-samples" / folder / "mqtt_statestream.txt"
+    mqtt = {"presets": ["mqtt_statestream"]}
+    for line in path.read_text().splitlines():
+        topic, payload = line.split("\t", 1)
+        _base, domain, object_id, key = topic.split("/")
+        point = convert(topic, payload, mqtt)
+        assert point.startswith(f"mqtt_statestream,domain={domain},entity_id={object_id},"), line
+        assert f" {key}=" in point or f" {key}_str=" in point, (line, point)
 
 
 def test_preset_zigbee2mqtt():

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
+
+import pytest
 
 from ha_ingestor import queue
 from ha_ingestor.config.schema import build_schema
@@ -14,23 +17,20 @@ from tests.support.fixtures_influx import mixed_events
 from tests.support.procs import stop_process, tail, wait_until
 from writer.conversion import InlineConversion, ProcessConversion
 from writer.convert import Converter
-from writer.loop import Round, WriterLoop
+from writer.loop import Round
 
 SCHEMA = build_schema({"mqtt": {"presets": ["zigbee2mqtt"]}})
 DB = "home"
 
 
-class _Loop(WriterLoop):
-    """The loop's own conversion, without its queue files and sink."""
-
-    def __init__(self):
-        self.converter = Converter(SCHEMA)
+def no_mark(source: str, item_id: int, deaths: int) -> None:
+    """The crash guard's record is not part of this comparison."""
 
 
 def converted(conversion, items) -> Round:
     batch = Round()
     for source, item in items:
-        conversion.add(batch, source, item)
+        conversion.add(batch, source, item, 0)
     conversion.finish(batch)
     return batch
 
@@ -45,16 +45,16 @@ def test_the_converter_process_gives_the_lines_of_the_inline_path(tmp_path):
     consumer = queue.Consumer(tmp_path, "mqtt")
     items = [("mqtt", item) for item in consumer.take(10_000)]
 
-    inline = converted(InlineConversion(_Loop()._convert), items)
-    process = ProcessConversion(SCHEMA)
+    inline = converted(InlineConversion(Converter(SCHEMA), no_mark), items)
+    process = ProcessConversion(SCHEMA, no_mark)
     try:
         separate = converted(process, items)
         again = converted(process, items[:2])                      # the process carries on
     finally:
         process.close()
     assert len(inline.lines) == 2999 and len(inline.dead["mqtt"]) == 1
-    assert (separate.lines, separate.owners, separate.dead) == \
-        (inline.lines, inline.owners, inline.dead)
+    assert (separate.lines, separate.owners, separate.dead, separate.dead_kinds) == \
+        (inline.lines, inline.owners, inline.dead, inline.dead_kinds)
     assert again.lines == inline.lines[:len(again.lines)]
 
 
@@ -83,4 +83,35 @@ def test_a_converter_process_that_dies_stops_the_writer_and_nothing_is_lost(infl
     wait_until(lambda: sum(s.ready + s.in_flight for s in (
         queue.read_status(ing.queue_dir, src) for src in ("ha", "mqtt"))) == 0, 120, "drained")
     assert influxdb.points_fast(DB) == 200_000
+    assert stop_process(writer) == 0
+
+
+@pytest.mark.parametrize("converter_process", ["no", "yes"])
+def test_an_item_whose_bytes_cannot_be_decoded_is_a_dead_letter_not_a_stop(influxdb, ingestor,
+                                                                           converter_process):
+    """A damaged queue file: one item's stored bytes are no longer JSON. Its bytes become one
+    dead letter with the reason; every other item is written; the writer keeps running."""
+    influxdb.create_database(DB)
+    ing = ingestor({"influxdb": {"url": influxdb.url, "database": DB, "flush_interval": "100ms",
+                                 "converter_process": converter_process},
+                    "schema": {"mqtt": {"presets": ["zigbee2mqtt"]}}})
+    events = [e for e in mixed_events(900, 1_767_225_600_000_000_000) if e["src"] == "mqtt"]
+    producer = queue.Producer(ing.queue_dir, "mqtt", 2**30)
+    ids = [producer.append(events[start:start + 100]) for start in range(0, 300, 100)]
+    producer.close()
+    conn = sqlite3.connect(ing.queue_dir / "mqtt.db")
+    with conn:
+        conn.execute("UPDATE batch_data SET data = ? WHERE _id = ?", (b'{"n":100,"ev\x00', ids[1]))
+    conn.close()
+
+    writer = ing.start("write", log="writer")
+    wait_until(lambda: queue.read_status(ing.queue_dir, "mqtt").dead == 1, 60,
+               "the damaged item kept as a dead letter")
+    wait_until(lambda: influxdb.points_fast(DB) == 200, 60, "the other items written")
+    [letter] = queue.list_dead(ing.queue_dir, "mqtt")
+    assert letter.event == {"item": ids[1], "unreadable": '{"n":100,"ev\x00'}
+    assert letter.reason.startswith("unreadable item: the stored item cannot be decoded: ")
+    status = queue.read_status(ing.queue_dir, "mqtt")
+    assert status.ready + status.in_flight == 0
+    assert writer.poll() is None, tail(ing.log_path("writer"))
     assert stop_process(writer) == 0

@@ -1,6 +1,7 @@
-"""Parity with Home Assistant itself: a real HA 2024.3.3 writes its state changes with its own
-``influxdb`` integration into one database; the same events, taken from HA's WebSocket API, go
-through the queue and ``ha-ingestor write`` into another database on the same InfluxDB 1.6.7.
+"""Parity with Home Assistant itself, on every tested release: a real HA writes its state changes
+with its own ``influxdb`` integration (configured in YAML) into one database; the same events,
+taken from HA's WebSocket API, go through the queue and ``ha-ingestor write`` into another
+database on the same InfluxDB 1.6.7.
 For every state_changed event both databases must hold the same measurement, tags, fields and
 time.
 """
@@ -13,6 +14,7 @@ import pytest
 
 from ha_ingestor import queue
 from ha_ingestor.envelope import ha_event
+from tests.support.fixtures_homeassistant import ha_venv_or_skip
 from tests.support.procs import stop_process, tail, wait_until
 from tests.support.real_ha import HomeAssistantServer
 
@@ -90,10 +92,13 @@ def rows(influxdb, db: str) -> set[tuple]:
     return found
 
 
-def test_points_match_home_assistants_own_influxdb_integration(tmp_path, influxdb, ingestor):
+def test_points_match_home_assistants_own_influxdb_integration(tmp_path, influxdb, ingestor,
+                                                               ha_version):
     influxdb.create_database("ha_own")
     influxdb.create_database("ours")
-    ha = HomeAssistantServer(tmp_path / "ha", extra_yaml=ha_yaml(influxdb.port)).start()
+    ha_venv_or_skip(ha_version, ("influxdb",))
+    ha = HomeAssistantServer(tmp_path / "ha", extra_yaml=ha_yaml(influxdb.port),
+                             version=ha_version).start()
     try:
         with ha.client() as client:
             client.subscribe_events("state_changed")

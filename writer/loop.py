@@ -9,6 +9,14 @@ letters and ack the queue items. A write has three outcomes:
   dead-letter only the events whose lines InfluxDB rejects, with its reason; 413: split;
 - not written (network, 5xx, 429, wrong credentials, missing database): keep the batch and retry
   for ever with the shared backoff (honouring ``Retry-After``); nothing is dropped.
+
+One event's problem is that event's problem: whatever converting it or encoding its line raises,
+the event becomes a dead letter with the reason and the rest of the batch goes on
+(``writer.conversion``, inline or in a converter process); an unexpected error while writing is
+bisected down to the line like a rejection. An item that kills the writer (or its converter
+process) is moved aside by ``writer.crashguard``; the queue files and a full disk are
+``writer.queues``'. The main loop ticks the heartbeat
+(``/healthz``, ``ha-ingestor run``) on every round and while it waits for InfluxDB.
 """
 
 from __future__ import annotations
@@ -23,9 +31,10 @@ from pathlib import Path
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.errors import DiskFull, PermanentError, Stopping, TransientError
-from ha_ingestor.lifecycle import StopFlag
+from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 from writer.conversion import InlineConversion, ProcessConversion, separate_process_helps
-from writer.convert import ConversionError, Converter
+from writer.convert import Converter
+from writer.crashguard import CrashGuard
 from writer.queues import WriterQueues
 from writer.sinks import AccessDenied, Sink, TooLarge
 
@@ -33,6 +42,7 @@ log = logging.getLogger("writer")
 
 IDLE_POLL_S = 0.05          # how often an idle writer looks for new events
 STATUS_EVERY_S = 5.0        # queue gauges and the progress line
+WRITE_WAIT_SLICE_S = 1.0    # how often the heartbeat ticks while a write is retried
 BEHIND_THRESHOLD = 20_000   # events waiting before the progress line appears
 ACCESS_BACKOFF = dict(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
 
@@ -45,20 +55,23 @@ class Round:
 
     taken: dict[str, list[int]] = field(default_factory=dict)       # source -> item ids
     counts: dict[str, int] = field(default_factory=dict)            # source -> events
-    lines: list[str] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)                # UTF-8, one per point
     owners: list[tuple[str, int, int]] = field(default_factory=list)  # per line
     dead: dict[str, list[tuple[dict, str]]] = field(default_factory=dict)
+    dead_kinds: dict[str, list[str]] = field(default_factory=dict)  # metric label per dead letter
     events: int = 0
 
-    def add_dead(self, source: str, event: dict, reason: str) -> None:
+    def add_dead(self, source: str, event: dict, reason: str, kind: str) -> None:
         self.dead.setdefault(source, []).append((event, reason))
+        self.dead_kinds.setdefault(source, []).append(kind)
 
 
 class WriterLoop:
     def __init__(self, queue_dir: Path, sink: Sink, converter: Converter, stop: StopFlag,
-                 batch_size: int, flush_interval: float,
+                 batch_size: int, flush_interval: float, move_aside_after: int = 3,
                  converter_process: bool | None = None):
-        self.queues = WriterQueues(queue_dir, stop)   # exit 4 if another writer runs
+        self.guard = CrashGuard(move_aside_after)
+        self.queues = WriterQueues(queue_dir, stop, self.guard.opened)   # exit 4: another writer
         self.sink = sink
         self.converter = converter
         self.stop = stop
@@ -67,7 +80,8 @@ class WriterLoop:
         self.consumers = self.queues.consumers
         self.converter_process = (separate_process_helps() if converter_process is None
                                   else converter_process)
-        self.conversion: InlineConversion | ProcessConversion = InlineConversion(self._convert)
+        self.conversion: InlineConversion | ProcessConversion = InlineConversion(converter,
+                                                                                 self._mark)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=10.0)   # an outage ends: resume soon
         self.access_backoff = Backoff(**ACCESS_BACKOFF)
         self.influx_ok = False
@@ -94,16 +108,19 @@ class WriterLoop:
         pending: tuple[Round, Future | None] | None = None
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-write")
         if self.converter_process:
-            self.conversion = ProcessConversion(self.converter.schema)
+            self.conversion = ProcessConversion(self.converter.schema, self._mark)
         try:
             while not self.stop.is_set():
+                HEARTBEAT.tick()
                 self.queues.open_new_files()
                 self._report_status()
                 batch = self._take_round()
+                self._converted()                   # inline: converted while taken
                 if pending is not None:
                     self._complete(*pending)        # meanwhile a converter process converts
                     pending = None
                 self.conversion.finish(batch)
+                self._converted()
                 if batch.events == 0:
                     self._ping_when_idle()
                     self.stop.wait(IDLE_POLL_S)
@@ -168,26 +185,31 @@ class WriterLoop:
             if not items:
                 break
             item = items[0]
+            deaths = self.queues.call(source, "move aside", lambda: self.guard.check(
+                source, consumer, item.item_id))
+            if deaths is None:
+                continue
             batch.taken.setdefault(source, []).append(item.item_id)
             batch.counts[source] = batch.counts.get(source, 0) + item.count
             batch.events += item.count
             taken += item.count
-            self.conversion.add(batch, source, item)
+            self.conversion.add(batch, source, item, deaths)
             del items, item
         return taken > 0
 
-    def _convert(self, batch: Round, source: str, item_id: int, events: list[dict]) -> None:
-        convert = self.converter.convert
-        lines, owners = batch.lines, batch.owners
-        for index, event in enumerate(events):
-            try:
-                line = convert(event)
-            except ConversionError as exc:
-                batch.add_dead(source, event, f"conversion: {exc}")
-                continue
-            if line is not None:
-                lines.append(line)
-                owners.append((source, item_id, index))
+    def _mark(self, source: str, item_id: int, deaths: int) -> None:
+        """The item is being converted (``writer.crashguard``). On a full disk the record is
+        skipped: the writer is waiting for space on its takes and acks anyway."""
+        try:
+            self.guard.mark(source, self.consumers[source], item_id, deaths)
+        except DiskFull:
+            pass
+
+    def _converted(self) -> None:
+        try:
+            self.guard.converted()
+        except DiskFull:                    # cleared at the next round
+            pass
 
     # ---- writing --------------------------------------------------------------------------------
 
@@ -217,10 +239,12 @@ class WriterLoop:
             pass
 
     def _wait_for(self, future: Future) -> list[tuple[int, str]]:
-        """The write's result; queue gauges stay fresh while InfluxDB is away."""
+        """The write's result; queue gauges stay fresh and the heartbeat ticks while InfluxDB
+        is away."""
         while True:
+            HEARTBEAT.tick()
             try:
-                return future.result(timeout=STATUS_EVERY_S)
+                return future.result(timeout=WRITE_WAIT_SLICE_S)
             except FutureTimeout:
                 self._report_status()
 
@@ -238,16 +262,16 @@ class WriterLoop:
                                 "dead letters", item_id, source)
             events = items[(source, item_id)]
             if events is not None:
-                batch.add_dead(source, events[position], f"rejected by InfluxDB: {reason}")
+                batch.add_dead(source, events[position], f"rejected by InfluxDB: {reason}",
+                               "rejected")
 
     def _finish(self, batch: Round, points: int) -> None:
         for source, item_ids in batch.taken.items():
             consumer = self.consumers[source]
             dead = batch.dead.get(source, [])
             if dead:
-                for _event, reason in dead:
-                    metrics.DEAD_LETTERS.labels(source=source,
-                                                reason=reason.split(":", 1)[0]).inc()
+                for kind in batch.dead_kinds[source]:
+                    metrics.DEAD_LETTERS.labels(source=source, reason=kind).inc()
                 log.warning("%d %s events moved to the dead-letter store, first: %s",
                             len(dead), source, dead[0][1][:300])
             self.queues.call(source, "acknowledge", lambda: consumer.ack(item_ids, dead))
@@ -255,7 +279,7 @@ class WriterLoop:
         metrics.POINTS_WRITTEN.inc(points)
         self._points_since_status += points
 
-    def _deliver_all(self, lines: list[str]) -> list[tuple[int, str]]:
+    def _deliver_all(self, lines: list[bytes]) -> list[tuple[int, str]]:
         """Write in requests of at most batch_size lines (one queue item may hold more events
         than a batch when the collectors are configured so)."""
         rejected: list[tuple[int, str]] = []
@@ -263,7 +287,7 @@ class WriterLoop:
             rejected += self._deliver(lines[start:start + self.batch_size], start)
         return rejected
 
-    def _deliver(self, lines: list[str], offset: int) -> list[tuple[int, str]]:
+    def _deliver(self, lines: list[bytes], offset: int) -> list[tuple[int, str]]:
         """Write ``lines``; returns (index, reason) of the lines InfluxDB rejects for good."""
         try:
             self._write_retrying(lines)
@@ -277,8 +301,10 @@ class WriterLoop:
         half = len(lines) // 2
         return self._deliver(lines[:half], offset) + self._deliver(lines[half:], offset + half)
 
-    def _write_retrying(self, lines: list[str]) -> None:
-        """Write until InfluxDB accepts or rejects the lines; raises Stopping on a stop request."""
+    def _write_retrying(self, lines: list[bytes]) -> None:
+        """Write until InfluxDB accepts or rejects the lines; raises Stopping on a stop request.
+        An unexpected error from the sink is treated as a rejection, so bisecting finds the line
+        that caused it and the rest is written."""
         while True:
             started = time.monotonic()
             try:
@@ -289,6 +315,11 @@ class WriterLoop:
             except PermanentError:
                 self._mark_up(True)   # InfluxDB answered: it is up
                 raise
+            except Exception as exc:  # noqa: BLE001 - isolated by bisecting, never a crash
+                if len(lines) == 1:
+                    log.exception("unexpected error writing one line; it is a dead letter")
+                raise PermanentError(f"error while writing: {type(exc).__name__}: {exc}"
+                                     ) from None
             metrics.WRITE_LATENCY.observe(time.monotonic() - started)
             self._mark_up(True)
             return

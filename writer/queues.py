@@ -33,9 +33,11 @@ DISK_BACKOFF = dict(base=0.5, factor=2.0, cap=5.0, jitter=0.2)   # a retry costs
 class WriterQueues:
     """The consumers of the writer, by source, and the one place that waits for disk space."""
 
-    def __init__(self, queue_dir: Path, stop: StopFlag):
+    def __init__(self, queue_dir: Path, stop: StopFlag,
+                 opened: Callable[[str, Consumer], None] = lambda source, consumer: None):
         self.queue_dir = Path(queue_dir)
         self.stop = stop
+        self.opened = opened                   # called with each file the writer opens
         self.claims = [hold_role(queue_dir, source, CONSUMER, "the writer") for source in SOURCES]
         self.consumers: dict[str, Consumer] = {}
         self.disk_full = False
@@ -57,6 +59,7 @@ class WriterQueues:
                 self._disk_full_delay(source, "open", exc)
                 continue
             log.info("reading queue %s", queue_file(self.queue_dir, source))
+            self.opened(source, self.consumers[source])
 
     def call(self, source: str, operation: str, action: Callable[[], T]) -> T:
         """Run a queue operation; a full disk is waited out with the shared backoff, never a

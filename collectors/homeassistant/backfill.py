@@ -4,12 +4,20 @@
 
     {"<entity_id>": [{"s": state, "a": attributes, "lu": last_updated, "lc": last_changed}, ...]}
 
-``lu``/``lc`` are epoch seconds (floats) of the datetimes HA stored as ``State.last_updated``
-(``lc`` only when it differs). With ``no_attributes: false`` every row carries ``a``, the full
-attributes as recorded, not only when they changed (``row_to_compressed_state`` in HA's recorder). In HA 2024.3.3 a ``state_changed`` event's ``time_fired`` *is* its
-``new_state.last_updated``, so ``datetime.fromtimestamp(lu, UTC).isoformat()`` (the float rounds to
-the exact microsecond) reproduces the live event's ``time_fired`` string character for character:
-a backfilled change becomes the same InfluxDB point the live event would have made.
+``lu``/``lc`` are epoch seconds (floats) of ``State.last_updated``/``last_changed`` as the recorder
+stored them (``lc`` only when it differs). With ``no_attributes: false`` every row carries ``a``,
+the full attributes as recorded, not only when they changed (``row_to_compressed_state`` in HA's
+recorder). A ``state_changed`` event's ``time_fired`` *is* its ``new_state.last_updated``, and
+``datetime.fromtimestamp(lu, UTC).isoformat()`` rounds ``lu`` to the microsecond exactly as HA
+formats the live event's times, so it reproduces that ``time_fired`` string character for
+character: a backfilled change becomes the same InfluxDB point the live event would have made.
+
+What ``lu`` holds depends on the release. HA 2024.3 kept times as microsecond datetimes, so ``lu``
+was the microsecond exactly; since 2024.7 HA keeps the ``time.time()`` float and the recorder
+stores it whole (2025.4.4: ``lu`` 1796043029.3709188 for a live ``...:29.370919``). A change is
+therefore compared with the watermarks at the microsecond of its ISO time, never by the raw float
+(up to half a microsecond off the committed time it stands for, and later for about half of
+the changes: those were stored twice before).
 
 Query options, from HA's recorder code: ``include_start_time_state: false`` (otherwise HA adds a
 synthetic state per entity stamped with ``start_time``, a point that never happened),
@@ -115,9 +123,9 @@ class Backfill:
             for row in rows if isinstance(rows, list) else ():
                 if not isinstance(row, dict) or not isinstance(row.get("lu"), (int, float)):
                     continue
-                if row["lu"] <= committed_up_to:
-                    continue
                 state = compressed_to_state(entity_id, row)
+                if epoch(state["last_updated"]) <= committed_up_to:
+                    continue
                 key = (entity_id, state["last_updated"])
                 if key in self.seen:
                     continue

@@ -26,12 +26,13 @@ import paho.mqtt.client as mqtt
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import MQTT
-from ha_ingestor.errors import EXIT_OK, AuthError, ConfigError
+from ha_ingestor.errors import EXIT_OK, AuthError
+from ha_ingestor.lifecycle import HEARTBEAT
 
-from collectors.mqtt import buffered, session
+from collectors.mqtt import buffered, session, subscriptions
 from collectors.mqtt.committer import Committer
 from collectors.mqtt.inbox import Inbox
-from collectors.mqtt.topics import validate_filter
+from collectors.mqtt.subscriptions import Subscriptions
 
 log = logging.getLogger("collectors.mqtt")
 
@@ -51,10 +52,11 @@ class MqttCollector:
         self.config = config
         self.mqtt = config.mqtt
         self.stop = stop
-        self._check_config()
+        session.check_config(self.mqtt)
         self.qos = session.subscription_qos(self.mqtt.qos)
         batch_events = config.queue.batch_events
         v311 = str(self.mqtt.protocol) == "3.1.1"
+        self._v5 = not v311
         self.inbox = Inbox(batch_events, config.queue.batch_interval, BATCH_BYTES,
                            max_held=max(MIN_HELD, 2 * batch_events
                                         + session.receive_maximum(batch_events)),
@@ -68,13 +70,14 @@ class MqttCollector:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         self.backoff = Backoff(base=0.5, factor=2.0, cap=30.0)
         self.where = f"{self.mqtt.host}:{self.mqtt.port}"
         self.connected = False
         self.connecting_since: float | None = None
         self.fatal: BaseException | None = None
         self._rx: list = []
-        self._sub_topics: list[str] = []
+        self.subscriptions: Subscriptions | None = None   # once the queue file is open
         self._ever_connected = False
         self._outage_logged = False
         self._failed_attempts = 0
@@ -85,21 +88,6 @@ class MqttCollector:
         self._connected_gauge = metrics.CONNECTED.labels(component=MQTT)
         self._received = metrics.EVENTS_RECEIVED.labels(source=MQTT)
         self._reconnects = metrics.RECONNECTS.labels(component=MQTT)
-
-    def _check_config(self) -> None:
-        if not self.mqtt.topics:
-            raise ConfigError("mqtt.topics must list at least one topic filter")
-        for key, filters in (("mqtt.topics", self.mqtt.topics),
-                             ("mqtt.exclude_topics", self.mqtt.exclude_topics)):
-            for topic_filter in filters:
-                try:
-                    validate_filter(topic_filter)
-                except ValueError as err:
-                    raise ConfigError(f"{key}: {err}") from None
-        if self.mqtt.qos == 2:
-            log.warning("mqtt.qos 2 is subscribed as QoS 1: paho confirms QoS 2 messages to the "
-                        "broker before we see them, QoS 1 with acknowledgement after the commit "
-                        "is what guarantees delivery")
 
     # --- the main loop -------------------------------------------------------------------------
 
@@ -113,11 +101,16 @@ class MqttCollector:
         self.committer.start()
         self.committer.ready.wait()
         self._raise_if_failed()
+        self.subscriptions = Subscriptions(
+            self.where, self.mqtt.client_id, self.qos, self.mqtt.topics, self._v5,
+            self.committer.stored_subscriptions,
+            lambda value: self.committer.save_meta(subscriptions.META_KEY, value))
         if self.config.metrics.enabled:
             server = metrics.serve(self.config.metrics.host,
                                    self.config.metrics.ports.get(MQTT, 0), self.ready)
         try:
             while not self.stop.is_set():
+                HEARTBEAT.tick()
                 self._raise_if_failed()
                 if self.client.socket() is None:
                     self._connect_with_backoff()
@@ -254,11 +247,15 @@ class MqttCollector:
             self._drain_wake()
             self._send_acks()
             return
+        if not self.subscriptions.ready_to_connect():
+            self.stop.wait(0.05)      # the committer is writing the subscription record
+            return
         try:
             session.connect(self.client, self.mqtt, self.config.queue.batch_events)
         except (OSError, ValueError) as err:
             self._connect_failed(str(err) or type(err).__name__)
             return
+        self.subscriptions.connect_sent()
         buffered.install(self.client)
         self.connecting_since = time.monotonic()
 
@@ -303,17 +300,17 @@ class MqttCollector:
         self._ever_connected = True
         self._outage_logged = False
         self._failed_attempts = 0
-        self._sub_topics = list(self.mqtt.topics)
-        client.subscribe([(topic, self.qos) for topic in self._sub_topics])
+        self.subscriptions.send(client, self.subscriptions.on_connack(flags.session_present))
 
-    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
-        refused = session.suback_refusals(self._sub_topics, reason_codes)
+    def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties) -> None:
+        refused = self.subscriptions.on_suback(mid, reason_codes)
         if refused:
             self.fatal = AuthError(f"MQTT broker {self.where} refused the subscription to "
                                    f"{', '.join(refused)}: not authorised for these topics "
                                    f"(check the broker's ACL for mqtt.username)")
-        else:
-            log.info("subscribed to %s at QoS %d", ", ".join(self._sub_topics), self.qos)
+
+    def _on_unsubscribe(self, _client, _userdata, mid, _reason_codes, _properties) -> None:
+        self.subscriptions.on_unsuback(mid)
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         """Runs inside paho's read/write/keepalive calls: record the state, nothing slow."""

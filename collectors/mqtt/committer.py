@@ -1,6 +1,10 @@
 """The committer thread: batches from the inbox → one durable ``Producer.append`` each → the
 packet ids to acknowledge, handed back to the network thread.
 
+A batch is committed with what recognises its messages if the broker sends them again: the
+fingerprints of its QoS 1 messages (redelivery.py) and, per topic with retained messages, the
+last payload stored (retained.py), both in the same transaction as the batch.
+
 It owns the queue file (the SQLite connections are opened, used and closed in this thread). When
 the queue is full it keeps the batch, stops committing (so nothing is acknowledged and the broker
 stops sending once its in-flight window is used up), polls until the writer frees space and
@@ -10,6 +14,7 @@ non-zero, never silently without its committer.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -18,13 +23,14 @@ from typing import Callable
 
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
-from ha_ingestor.envelope import MQTT, mqtt_event
+from ha_ingestor.envelope import MQTT, mqtt_event, mqtt_payload
 from ha_ingestor.errors import DiskFull, QueueFull
 from ha_ingestor.queue import Producer
 
-from collectors.mqtt import redelivery
+from collectors.mqtt import redelivery, retained, subscriptions
 from collectors.mqtt.inbox import Inbox
 from collectors.mqtt.redelivery import Redelivery
+from collectors.mqtt.retained import RetainedTopics
 from collectors.mqtt.topics import TopicFilter
 
 log = logging.getLogger("collectors.mqtt")
@@ -32,6 +38,17 @@ log = logging.getLogger("collectors.mqtt")
 FULL_POLL_S = 0.5
 REASON_TOO_LARGE = "payload_too_large"
 REASON_BAD_TOPIC = "topic_not_utf8"
+REASON_UNEXPECTED = "unexpected"
+
+
+def _raw_envelope(rx: int, msg) -> dict:
+    """A message kept as it came: the topic's bytes decoded with replacement characters (its
+    exact bytes in ``topic_b64``) and the payload as ``mqtt_event`` stores any payload."""
+    raw_topic = bytes(getattr(msg, "_topic", b"") or b"")
+    event = mqtt_event(raw_topic.decode("utf-8", "replace"), bytes(msg.payload), msg.qos,
+                       msg.retain, rx)
+    event["topic_b64"] = base64.b64encode(raw_topic).decode("ascii")
+    return event
 
 
 class Committer:
@@ -50,6 +67,9 @@ class Committer:
         self.abandoned = 0                    # QoS 0 messages still held when we had to stop
         self.ready = threading.Event()        # the queue file is open (or opening failed)
         self.redelivery = Redelivery()
+        self.retained = RetainedTopics()
+        self.stored_subscriptions: str | None = None   # the record subscriptions.py keeps
+        self._saves: deque = deque()          # (key, value, done event) to write
         self._meta_written = True             # clear a stale value once if we do not trust it
         self._abort = threading.Event()
         self._disk_backoff = Backoff(base=0.5, factor=2.0, cap=5.0)    # a refused write
@@ -69,6 +89,14 @@ class Committer:
         self._abort.set()
         self.inbox.close()
 
+    def save_meta(self, key: str, value: str) -> threading.Event:
+        """Have the committer write one meta value (before its next batch); the event is set
+        once it is durable."""
+        done = threading.Event()
+        self._saves.append((key, value, done))
+        self.inbox.poke()
+        return done
+
     def join(self, timeout: float | None) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -84,12 +112,17 @@ class Committer:
         try:
             producer = Producer(self.queue_config.dir, MQTT, self.queue_config.max_bytes)
             self.redelivery = Redelivery(producer.get_meta(redelivery.META_KEY))
+            self.retained = RetainedTopics(producer.meta_items(retained.META_PREFIX))
+            self.stored_subscriptions = producer.get_meta(subscriptions.META_KEY)
             self.ready.set()
             while not self._abort.is_set():
                 taken = self.inbox.take()
                 if taken is None:
                     break
-                self._commit_batch(producer, *taken)
+                self._write_saves(producer)
+                if taken[0]:
+                    self._commit_batch(producer, *taken)
+            self._write_saves(producer)
         except BaseException as exc:  # noqa: BLE001 - handed to the network thread, re-raised
             self.error = exc
         finally:
@@ -101,11 +134,26 @@ class Committer:
                     self.error = self.error or exc
             self.wake()
 
+    def _write_saves(self, producer: Producer) -> None:
+        """The meta values the network thread asked for, oldest first. A full disk: try again
+        after a pause (the network thread waits for them)."""
+        while self._saves and not self._abort.is_set():
+            key, value, done = self._saves[0]
+            try:
+                producer.set_meta(key, value)
+            except QueueFull:
+                self._abort.wait(FULL_POLL_S)
+                self.inbox.poke()
+                return
+            self._saves.popleft()
+            done.set()
+
     def _commit_batch(self, producer: Producer, batch: list, generation: int) -> None:
         size = sum(len(msg.payload) for _rx, msg in batch)
-        events, dead, acks, in_queue = self._prepare(batch)
+        events, dead, acks, in_queue, pending = self._prepare(batch)
         fingerprints = self._store(producer, events, dead,
-                                   [redelivery.fingerprint(m) for m in in_queue], generation)
+                                   [redelivery.fingerprint(m) for m in in_queue], generation,
+                                   pending)
         if fingerprints is None:
             return
         if batch:
@@ -118,15 +166,17 @@ class Committer:
         self.inbox.release(len(batch), size)
         self.wake()
 
-    def _prepare(self, batch: list) -> tuple[list, list, list, list]:
+    def _prepare(self, batch: list) -> tuple[list, list, list, list, retained.Pending]:
         """Envelopes to store, dead letters, (mid, qos) of every QoS 1/2 message (excluded,
         dead-lettered and already-stored messages are acknowledged too: they are handled, not
-        lost), and the QoS 1/2 messages that are in the queue once this batch is committed."""
+        lost), the QoS 1/2 messages that are in the queue once this batch is committed, and what
+        the batch changes in the retained messages remembered."""
         events, dead, acks, in_queue = [], [], [], []
         excluded = self.topics.excluded
         limit = self.max_payload
         seen = self._take_dropped()
-        skipped = 0
+        pending = self.retained.batch()
+        skipped = resent = 0
         for rx, msg in batch:
             if msg.qos:
                 acks.append((msg.mid, msg.qos))
@@ -137,27 +187,45 @@ class Committer:
                     skipped += 1
                     continue
             try:
-                topic = msg.topic
-            except UnicodeDecodeError:
-                event = mqtt_event(msg._topic.decode("utf-8", "replace"), msg.payload, msg.qos,
-                                   msg.retain, rx)
-                dead.append((event, f"{REASON_BAD_TOPIC}: topic is not valid UTF-8: "
-                                    f"{msg._topic!r}"))
+                event = self._envelope(rx, msg, excluded, limit, dead)
+            except Exception as exc:  # noqa: BLE001 - one message's problem, not the collector's
+                event = None
+                dead.append((_raw_envelope(rx, msg), f"{REASON_UNEXPECTED}: {type(exc).__name__}:"
+                                                     f" {exc}"))
+            if event is None:
                 continue
-            if excluded(topic):
-                continue
-            event = mqtt_event(topic, msg.payload, msg.qos, msg.retain, rx)
-            if limit and len(msg.payload) > limit:
-                dead.append((event, f"{REASON_TOO_LARGE}: payload of {len(msg.payload)} bytes "
-                                    f"exceeds mqtt.max_payload_bytes ({limit})"))
+            if pending.resent(event["topic"], msg.payload, msg.retain, rx):
+                resent += 1
             else:
                 events.append(event)
-                if msg.qos:
-                    in_queue.append(msg)
+            if msg.qos:
+                in_queue.append(msg)
         if skipped:
             log.info("%d message(s) re-sent by the broker were already in the queue: "
                      "acknowledged, not stored twice", skipped)
-        return events, dead, acks, in_queue
+        if resent:
+            log.info("%d retained message(s) sent again by the broker were stored before: "
+                     "acknowledged, not stored again", resent)
+        return events, dead, acks, in_queue, pending
+
+    @staticmethod
+    def _envelope(rx: int, msg, excluded, limit: int, dead: list) -> dict | None:
+        """The envelope to store for one message; None when it is excluded or a dead letter
+        (appended to ``dead``)."""
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            dead.append((_raw_envelope(rx, msg), f"{REASON_BAD_TOPIC}: topic is not valid "
+                                                 f"UTF-8: {msg._topic!r}"))
+            return None
+        if excluded(topic):
+            return None
+        event = mqtt_event(topic, msg.payload, msg.qos, msg.retain, rx)
+        if limit and len(msg.payload) > limit:
+            dead.append((event, f"{REASON_TOO_LARGE}: payload of {len(msg.payload)} bytes "
+                                f"exceeds mqtt.max_payload_bytes ({limit})"))
+            return None
+        return event
 
     def _take_dropped(self) -> Redelivery:
         """Fold in what the network thread could not acknowledge (a lost connection)."""
@@ -170,18 +238,19 @@ class Committer:
         return self.redelivery
 
     def _store(self, producer: Producer, events: list, dead: list, fingerprints: list,
-               generation: int) -> list | None:
+               generation: int, pending: retained.Pending) -> list | None:
         """One durable commit for the batch, with the fingerprints that recognise its QoS 1
-        messages if the broker re-sends them (and one commit for its dead letters). Returns the
-        fingerprints of what was committed; None when we gave up (abort while the queue was
-        full)."""
+        messages if the broker re-sends them and the retained messages it stores (and one commit
+        for its dead letters). Returns the fingerprints of what was committed; None when we gave
+        up (abort while the queue was full)."""
         while events:
             try:
                 meta = self._meta(fingerprints)
-                producer.append(events, meta=meta)
+                producer.append(events, meta={**(meta or {}), **pending.meta()})
                 self._disk_backoff.reset()
                 if meta is not None:
                     self._meta_written = bool(meta[redelivery.META_KEY])
+                self.retained.committed(pending)
                 self._committed.inc(len(events))
                 self._batches.inc()
                 break
@@ -191,6 +260,7 @@ class Committer:
                     return None
                 if self.inbox.stale(generation):
                     fingerprints = []   # its QoS 1 messages were dropped: the broker re-sends
+                    pending = self._pending_of(events)
         while dead:
             try:
                 producer.dead_letter(dead)
@@ -210,6 +280,13 @@ class Committer:
             self._full_gauge.set(0)
             log.info("queue has space again: committing and acknowledging again")
         return fingerprints
+
+    def _pending_of(self, events: list) -> retained.Pending:
+        """What ``events`` (what is left of a batch) change in the retained messages remembered."""
+        pending = self.retained.batch()
+        for event in events:
+            pending.record(event["topic"], mqtt_payload(event), event["retain"], event["rx"])
+        return pending
 
     def _meta(self, fingerprints: list) -> dict | None:
         """The recent fingerprints to commit with a batch (cleared once, when untrusted)."""

@@ -2,7 +2,8 @@
 (which receives) and the committer thread (which commits, then returns the acknowledgements).
 
 Only the network thread calls ``put``, ``discard_unacked`` and ``room``; only the committer calls
-``take`` and ``release``. Every method holds one lock for a few list operations.
+``take`` and ``release``; either calls ``poke``. Every method holds one lock for a few list
+operations.
 
 ``generation`` counts connections. A packet id (mid) means something only on the connection that
 delivered it, so acknowledgements of a batch taken before a reconnect are dropped: the broker
@@ -36,6 +37,7 @@ class Inbox:
         self._first_at = 0.0            # monotonic time the oldest item arrived
         self._stalled = False
         self._closing = False
+        self._poked = False
         self.held = 0                   # received, not yet released by the committer
         self.held_bytes = 0
 
@@ -76,6 +78,13 @@ class Inbox:
                 self._items, self._bytes = keep, kept_bytes
             return dropped
 
+    def poke(self) -> None:
+        """Have ``take`` return at once, with an empty batch if none is due (the committer has
+        other work: a meta value to write)."""
+        with self._cond:
+            self._poked = True
+            self._cond.notify()
+
     def close(self) -> None:
         """Stop: the committer takes whatever is left without waiting, then ``take`` returns None."""
         with self._cond:
@@ -87,11 +96,14 @@ class Inbox:
     def take(self) -> tuple[list, int] | None:
         """Block until a batch is due (``batch_events`` messages, ``batch_bytes`` of payload,
         ``batch_interval`` since the oldest arrived, or a stalled broker); return it with its
-        generation. None once closed and empty."""
+        generation; an empty batch after ``poke``. None once closed and empty."""
         with self._cond:
             while True:
                 if self._items and self._due():
                     return self._cut(), self.generation
+                if self._poked:
+                    self._poked = False
+                    return [], self.generation
                 if self._closing and not self._items:
                     return None
                 timeout = None

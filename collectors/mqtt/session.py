@@ -7,11 +7,13 @@ while the collector is away, and re-sends what we had not acknowledged when we r
 - MQTT 5: ``clean_start=False`` on every connect (paho's default is a clean start on the first
   connect, which throws the queued messages away) and a Session Expiry Interval, without which an
   MQTT 5 session ends with the connection. We also send a Receive Maximum so the broker may have
-  two batches in flight to us whatever its ``max_inflight_messages`` says.
+  two batches in flight to us whatever its ``max_inflight_messages`` says. Subscriptions ask for
+  Retain Handling 1: retained messages only for a subscription the session did not hold.
 """
 
 from __future__ import annotations
 
+import logging
 import ssl
 import struct
 
@@ -20,8 +22,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.client import PUBACK
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ha_ingestor.errors import AuthError, ConfigError
+
+from collectors.mqtt.topics import validate_filter
+
+log = logging.getLogger("collectors.mqtt")
 
 PROTOCOLS = {"3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}
 
@@ -38,11 +45,38 @@ AUTH_REFUSALS = {
 SUBACK_FAILURE = 0x80
 
 
+def check_config(mqtt_config) -> None:
+    """Raise ConfigError naming the key for topic filters that break MQTT's rules."""
+    if not mqtt_config.topics:
+        raise ConfigError("mqtt.topics must list at least one topic filter")
+    for key, filters in (("mqtt.topics", mqtt_config.topics),
+                         ("mqtt.exclude_topics", mqtt_config.exclude_topics)):
+        for topic_filter in filters:
+            try:
+                validate_filter(topic_filter)
+            except ValueError as err:
+                raise ConfigError(f"{key}: {err}") from None
+    if mqtt_config.qos == 2:
+        log.warning("mqtt.qos 2 is subscribed as QoS 1: paho confirms QoS 2 messages to the "
+                    "broker before we see them, QoS 1 with acknowledgement after the commit is "
+                    "what guarantees delivery")
+
+
 def subscription_qos(qos: int) -> int:
     """The QoS we subscribe with. QoS 2 is taken as 1: paho sends PUBREC (after which the broker
     forgets the payload) before the application sees the message, so a crash before our commit
     would lose it. QoS 1 with a manual PUBACK after the commit is at-least-once."""
     return min(qos, 1)
+
+
+def subscribe_args(filters, qos: int, v5: bool) -> list[tuple]:
+    """``client.subscribe`` arguments for ``filters``. MQTT 5: Retain Handling 1, so that the
+    broker sends retained messages for a new subscription only, not for one it holds."""
+    if not v5:
+        return [(topic_filter, qos) for topic_filter in filters]
+    return [(topic_filter, SubscribeOptions(
+        qos=qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB))
+        for topic_filter in filters]
 
 
 def receive_maximum(batch_events: int) -> int:

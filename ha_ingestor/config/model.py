@@ -44,6 +44,7 @@ class QueueConfig:
     max_bytes: int
     batch_events: int
     batch_interval: float
+    move_aside_after: int
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class MetricsConfig:
 class RunConfig:
     shutdown_timeout: float
     restart_backoff_max: float
+    stall_timeout: float
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,18 @@ def _url(*schemes):
     return url
 
 
+def _event_types(key, value):
+    """HA fires ``state_reported`` (a state written again unchanged, since HA 2024.4) only to its
+    own listeners that bring a filter: HA 2025.4.4 refuses a WebSocket subscription to it
+    (``home_assistant_error``), and 2024.3.3 never fires it."""
+    types = v.as_str_list(key, value)
+    if "state_reported" in types:
+        raise ConfigError(f"{key}: 'state_reported' cannot be subscribed over Home Assistant's "
+                          f"WebSocket API (HA fires it only to its own filtered listeners); "
+                          f"a state written again unchanged reaches no client")
+    return types
+
+
 def _duration_min(minimum):
     return _named("duration", lambda key, value: v.as_duration(key, value, minimum))
 
@@ -186,6 +200,10 @@ QUEUE_KEYS = [
         "Collectors commit a batch after this many events..."),
     Key("batch_interval", _duration_min(0.001), "50ms",
         "...or this long after the batch's first event, whichever comes first."),
+    Key("move_aside_after", _between(1, 1000), 3, "The writer moves a queue item to the "
+        "dead-letter store (logged as an error) once the writer process (or its converter "
+        "process) died this many times in a row while converting that item, so one item can never hold up the queue. "
+        "`ha-ingestor queue dead-letter-item` does the same by hand."),
 ]
 
 MQTT_KEYS = [
@@ -214,7 +232,8 @@ HA_KEYS = [
         "Home Assistant WebSocket API URL."),
     Key("token", v.as_opt_str, None, "Long-lived access token of an administrator "
         "(or `token_file`).", secret=True),
-    Key("event_types", v.as_str_list, [], "Event types to subscribe to; empty means all."),
+    Key("event_types", _event_types, [], "Event types to subscribe to; empty means all "
+        "(`state_reported` cannot be subscribed over HA's WebSocket API)."),
     Key("connect_timeout", _duration_min(0.1), "10s", "Timeout of one connection attempt."),
     Key("ping_interval", _duration_min(1), "10s", "Interval of WebSocket pings."),
     Key("ping_timeout", _duration_min(1), "10s", "A missing pong after this long means HA is "
@@ -264,6 +283,9 @@ RUN_KEYS = [
         "and then the writer get to stop before they are killed."),
     Key("restart_backoff_max", _duration_min(1), "60s", "Longest wait before restarting a "
         "crashed child."),
+    Key("stall_timeout", _duration_min(1), "60s", "A process whose main loop has not made "
+        "progress for this long answers `/healthz` with 503, and `ha-ingestor run` kills and "
+        "restarts it (a child stopped with SIGSTOP, or stuck)."),
 ]
 
 SECTIONS: dict[str, list[Key]] = {

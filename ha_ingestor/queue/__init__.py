@@ -3,9 +3,12 @@
 The interface every other part of the project uses, and nothing else of the queue:
 
 - ``Producer`` (a collector): ``append`` a batch of events in one durable commit, ``is_full``,
-  ``dead_letter``, ``get_meta``/``set_meta``, ``status``, ``close``.
+  ``dead_letter``, ``get_meta``/``set_meta``/``meta_items``, ``status``, ``close``;
+  ``unstorable`` says why an event cannot be stored.
 - ``Consumer`` (the writer): ``take`` whole items, ``ack`` (with dead letters, one transaction),
-  ``nack``, ``events_of`` an item in flight, ``dead_letter_item``, and the same meta/status.
+  ``nack``, ``events_of`` an item in flight, ``dead_letter_item``, and the same meta/status;
+  ``decode_events`` (UnreadableItem for an item whose bytes cannot be decoded, which is kept
+  as ``unreadable_letter``).
 - The repair functions behind ``ha-ingestor queue ...``: ``read_status``, ``peek``,
   ``list_dead``, ``requeue_dead``, ``purge``, ``dead_letter_item``.
 
@@ -31,18 +34,20 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
-from ha_ingestor.errors import DiskFull, QueueError, QueueFull
+from ha_ingestor.errors import DiskFull, NoSuchItem, QueueError, QueueFull, UnreadableItem
 from ha_ingestor.queue import disk, ownership
 from ha_ingestor.queue.ownership import CONSUMER, PRODUCER
-from ha_ingestor.queue.serializer import _Json
+from ha_ingestor.queue.serializer import _Json, decode_events, unreadable_letter
 from ha_ingestor.queue.sqlite_backend import (SQLiteStore, dead_rows, wal_bytes_for,
                                                wal_file_bytes)
 
-__all__ = ["Producer", "Consumer", "Batch", "decode_events", "QueueStatus", "DeadLetter", "QueueError", "QueueFull",
-           "DiskFull", "queue_file", "hold_role", "read_status", "peek", "list_dead",
-           "requeue_dead", "purge", "dead_letter_item", "PRODUCER", "CONSUMER", "HEADROOM_BYTES"]
+__all__ = ["Producer", "Consumer", "Batch", "decode_events", "unreadable_letter", "unstorable",
+           "QueueStatus", "DeadLetter", "QueueError", "QueueFull", "DiskFull", "NoSuchItem",
+           "UnreadableItem", "queue_file", "hold_role", "read_status", "peek", "list_dead",
+           "requeue_dead", "purge", "dead_letter_item", "PRODUCER", "CONSUMER",
+           "HEADROOM_BYTES"]
 
 FULL_RECHECK_S = 0.5                 # how often the producer re-measures the file and the disk
 UPKEEP_S = 1.0                       # how often the consumer shrinks a drained file, follows
@@ -66,11 +71,6 @@ class Batch:
     @cached_property
     def events(self) -> list[dict]:
         return decode_events(self.data)
-
-
-def decode_events(data: bytes) -> list[dict]:
-    """The events of a stored item (``Batch.data``)."""
-    return _Json.loads(data)["events"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,16 @@ class DeadLetter:
 
 def queue_file(queue_dir: Path | str, source: str) -> Path:
     return Path(queue_dir) / f"{source}.db"
+
+
+def unstorable(event: Any) -> str | None:
+    """Why ``event`` cannot be stored in a queue file, or None when it can (every decoded JSON
+    value can, up to the nesting Python's json module handles)."""
+    try:
+        _Json.dumps(event)
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason
+        return f"cannot be stored in the queue: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
 
 
 def hold_role(queue_dir: Path | str, source: str, role: str, owner: str) -> ownership.RoleLock:
@@ -136,6 +146,10 @@ class _QueueFile:
     def set_meta(self, key: str, value: str) -> None:
         self._store.set_meta(key, str(value))
 
+    def meta_items(self, prefix: str) -> dict[str, str]:
+        """Every meta key/value whose key starts with ``prefix`` (non-empty)."""
+        return self._store.meta_items(prefix)
+
     def status(self) -> QueueStatus:
         return _status(self._store, self.path)
 
@@ -158,12 +172,13 @@ class Producer(_QueueFile):
         self._checked_at = float("-inf")
         self._used = self._room = self._pending = 0
 
-    def append(self, events: list[dict], meta: dict[str, str] | None = None) -> int:
+    def append(self, events: list[dict], meta: dict[str, str | None] | None = None) -> int:
         """Store ``events`` as one item in one durable commit. Returns the item id.
 
         ``meta`` key/values are written in the same transaction as the item, so they are durable
         exactly when the batch is (the HA collector's newest ``time_fired``, the MQTT collector's
-        fingerprints of the batch it has not acknowledged to the broker yet).
+        fingerprints of the batch it has not acknowledged to the broker yet, and what it stored
+        last on each topic with retained messages). A value of None deletes the key.
 
         Raises QueueFull (nothing written) at ``max_bytes``, DiskFull when the filesystem is
         down to its headroom or refuses the write."""
@@ -271,9 +286,12 @@ class Consumer(_QueueFile):
 
     def dead_letter_item(self, item_id: int, reason: str) -> int:
         """Move every event of one item (taken or ready) to the dead-letter store with
-        ``reason`` and remove the item, in one transaction. Returns how many events (0 when
-        the item is not in the file)."""
-        return self._store.dead_letter_item(item_id, reason)
+        ``reason`` and remove the item, in one transaction. Returns how many events; NoSuchItem
+        when the item is not in the file."""
+        count = self._store.dead_letter_item(item_id, reason)
+        if count is None:
+            raise NoSuchItem(f"{self.path}: no item {item_id} waiting in the queue")
+        return count
 
 
 def _status(store: SQLiteStore, path: Path) -> QueueStatus:
@@ -338,7 +356,15 @@ def purge(queue_dir: Path | str, source: str, dead: bool = False) -> int:
 
 
 def dead_letter_item(queue_dir: Path | str, source: str, item_id: int, reason: str) -> int:
-    """Move one item's events to the dead-letter store with ``reason`` (an operator moving a
-    stuck item aside). Returns how many events; 0 when the item is not in the file."""
+    """Move one item's events (taken or ready) to the dead-letter store with ``reason`` and
+    remove the item, in one transaction: the repair for an item that keeps a writer from making
+    progress. Returns how many events; QueueError when there is no such file, NoSuchItem (a
+    usage error, exit 2) when there is no such item."""
     with _Existing(queue_dir, source) as store:
-        return 0 if store is None else store.dead_letter_item(item_id, reason)
+        if store is None:
+            raise QueueError(f"{queue_file(queue_dir, source)}: no such queue file")
+        count = store.dead_letter_item(item_id, reason)
+    if count is None:
+        raise NoSuchItem(f"{queue_file(queue_dir, source)}: no item {item_id} waiting in the "
+                         f"queue (written already, or never there)")
+    return count

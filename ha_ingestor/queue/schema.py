@@ -52,13 +52,15 @@ ITEMS_DELETE_ALL = "DELETE FROM batch_index"
 EVENT_TOTAL = "SELECT COALESCE(SUM(events), 0) FROM batch_index"
 COUNTS = ("SELECT status = ? AS in_flight, SUM(events), MIN(timestamp) FROM batch_index "
           "GROUP BY in_flight")
-PEEK = "SELECT d.data FROM batch_index i JOIN batch_data d ON d._id = i._id ORDER BY i._id"
+PEEK = "SELECT i._id, d.data FROM batch_index i JOIN batch_data d ON d._id = i._id ORDER BY i._id"
 DEAD_INSERT = "INSERT INTO dead_letters (event, reason, at) VALUES (?, ?, ?)"
 DEAD_COUNT = "SELECT count(*) FROM dead_letters"
 DEAD_LIST = "SELECT id, reason, at, event FROM dead_letters ORDER BY id LIMIT ?"
 DEAD_DELETE = "DELETE FROM dead_letters WHERE id = ?"
 DEAD_DELETE_ALL = "DELETE FROM dead_letters"
 META_SELECT = "SELECT value FROM meta WHERE key = ?"
+META_RANGE = "SELECT key, value FROM meta WHERE key >= ? AND key < ?"
+META_DELETE = "DELETE FROM meta WHERE key = ?"
 META_UPSERT = ("INSERT INTO meta (key, value) VALUES (?, ?) "
                "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
 

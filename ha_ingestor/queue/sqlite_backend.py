@@ -34,7 +34,7 @@ from persistqueue.sqlackqueue import AckStatus, SQLiteAckQueue
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.errors import DiskFull, QueueError
 from ha_ingestor.queue import disk, schema
-from ha_ingestor.queue.serializer import _Json
+from ha_ingestor.queue.serializer import _Json, events_or_letter
 
 T = TypeVar("T")
 
@@ -112,16 +112,20 @@ class BatchQueue(SQLiteAckQueue):
         with self.tran_lock:
             schema.prepare(self._putter, self._file)
 
-    def put(self, item: Any, meta: dict[str, str] | None = None) -> int:
+    def put(self, item: Any, meta: dict[str, str | None] | None = None) -> int:
         return self.put_serialized(self._serializer.dumps(item), item["n"], meta)
 
-    def put_serialized(self, data: bytes, events: int, meta: dict[str, str] | None) -> int:
-        """One transaction: the index row, the blob, and ``meta`` upserts."""
+    def put_serialized(self, data: bytes, events: int,
+                       meta: dict[str, str | None] | None) -> int:
+        """One transaction: the index row, the blob, and ``meta`` upserts (None: delete)."""
         with self.tran_lock, self._putter as conn:
             item_id = conn.execute(self._sql_insert, (time.time(), events)).lastrowid
             conn.execute(schema.DATA_INSERT, (item_id, data))
             if meta:
-                conn.executemany(schema.META_UPSERT, [(k, str(v)) for k, v in meta.items()])
+                conn.executemany(schema.META_UPSERT, [(k, str(v)) for k, v in meta.items()
+                                                      if v is not None])
+                conn.executemany(schema.META_DELETE, [(k,) for k, v in meta.items()
+                                                      if v is None])
         self.total += 1
         return item_id
 
@@ -201,7 +205,7 @@ class SQLiteStore:
 
     # ---- items ---------------------------------------------------------------------------------
 
-    def append(self, data: bytes, events: int, meta: dict[str, str] | None) -> int:
+    def append(self, data: bytes, events: int, meta: dict[str, str | None] | None) -> int:
         return self._run("append a batch", lambda: self._q.put_serialized(data, events, meta))
 
     def take_after(self, cursor: int) -> Taken | None:
@@ -227,14 +231,15 @@ class SQLiteStore:
         rows = self._read(schema.DATA_SELECT, (item_id,), "re-read a batch")
         return rows[0][0] if rows else None
 
-    def dead_letter_item(self, item_id: int, reason: str) -> int:
+    def dead_letter_item(self, item_id: int, reason: str) -> int | None:
         """Every event of one item (taken or ready) into the dead letters with ``reason``, and
-        the item removed, in one transaction. 0 when the item is not there."""
-        def move(conn: sqlite3.Connection) -> int:
+        the item removed, in one transaction (an item that cannot be decoded: its bytes, as one
+        dead letter). None when the item is not there."""
+        def move(conn: sqlite3.Connection) -> int | None:
             row = conn.execute(schema.DATA_SELECT, (item_id,)).fetchone()
             if row is None:
-                return 0
-            rows = dead_rows((event, reason) for event in _Json.loads(row[0])["events"])
+                return None
+            rows = dead_rows(events_or_letter(item_id, row[0], reason))
             conn.executemany(schema.DEAD_INSERT, rows)
             conn.execute(schema.ITEM_DELETE, (item_id,))
             return len(rows)
@@ -251,6 +256,15 @@ class SQLiteStore:
 
     def set_meta(self, key: str, value: str) -> None:
         self._write("write meta", lambda c: c.execute(schema.META_UPSERT, (key, value)))
+
+    def meta_items(self, prefix: str) -> dict[str, str]:
+        """Every meta key/value whose key starts with ``prefix`` (a range scan of the key index:
+        keys sort by their UTF-8 bytes, so the keys with the prefix lie between the prefix and
+        the prefix with its last character raised by one)."""
+        if not prefix:
+            raise ValueError("meta_items needs a non-empty prefix")
+        above = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        return dict(self._read(schema.META_RANGE, (prefix, above), "read meta"))
 
     def counts(self) -> tuple[int, int, float | None, int]:
         """(ready events, in-flight events, oldest append time, dead letters)."""
@@ -300,8 +314,9 @@ class SQLiteStore:
 
     def peek(self, limit: int) -> list[dict]:
         events: list[dict] = []
-        for (data,) in self._read(schema.PEEK, (), "peek"):
-            events.extend(_Json.loads(data)["events"][: limit - len(events)])
+        for item_id, data in self._read(schema.PEEK, (), "peek"):
+            events.extend(event for event, _reason in
+                          events_or_letter(item_id, data, "")[: limit - len(events)])
             if len(events) >= limit:
                 break
         return events

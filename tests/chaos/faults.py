@@ -39,6 +39,7 @@ class Profile:
     influx_outage_s: float = 60.0
     writer_pause_s: float = 300.0
     mosquitto_down_s: float = 2.0
+    retained_rate: float = 2.0  # retained MQTT messages per second, on top of mqtt_rate
 
 
 PROFILES = {
@@ -51,7 +52,7 @@ PROFILES = {
                     counts={"kill_mqtt": 3, "kill_ha": 3, "kill_writer": 3, "influx_outage": 1,
                             "outage_writer_kill": 1, "mosquitto_restart": 2, "ha_restart": 2, "writer_pause": 1,
                             "run_restart": 1},
-                    influx_outage_s=60, writer_pause_s=300),
+                    influx_outage_s=60, writer_pause_s=300, retained_rate=4),
 }
 
 

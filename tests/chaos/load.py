@@ -1,6 +1,8 @@
 """Steady load: state changes driven through HA's WebSocket API and MQTT messages on
-zigbee2mqtt- and Tasmota-like topics. Every MQTT payload carries a unique ``seq``; every HA call
-makes exactly one state change (the next value of a number, a toggle, a counter increment).
+zigbee2mqtt- and Tasmota-like topics, some of them retained (device states a zigbee2mqtt or
+Tasmota set-up keeps on the broker: every restart of the collector or the broker is a chance for
+the broker to send them again). Every MQTT payload carries a unique ``seq``; every HA call makes
+exactly one state change (the next value of a number, a toggle, a counter increment).
 
 The generators only *cause* events; what counts as fired is what the ledger observes.
 """
@@ -127,6 +129,15 @@ def mqtt_topics(rng: random.Random, zigbee: int = 16, tasmota: int = 8) -> list[
     return topics
 
 
+def retained_topics(rng: random.Random, zigbee: int = 6, tasmota: int = 2) -> list[str]:
+    """Topics whose publisher retains every message: zigbee2mqtt devices with ``retain: true``
+    and Tasmota state."""
+    rooms = ["kitchen", "hall", "bedroom", "bath", "garage", "office"]
+    topics = [f"zigbee2mqtt/{rng.choice(rooms)}_blind_{i}" for i in range(zigbee)]
+    topics += [f"tele/tasmota_r{i:02d}/STATE" for i in range(tasmota)]
+    return topics
+
+
 def mqtt_payload(topic: str, seq: int, rng: random.Random) -> bytes:
     if topic.startswith("tele/"):
         body = {"Time": time.strftime("%Y-%m-%dT%H:%M:%S"), "seq": seq,
@@ -143,9 +154,10 @@ class MqttLoad(Paced):
     """QoS 1 publishes at a steady rate; a message the broker acknowledged is 'accepted'."""
 
     def __init__(self, port: int, topics: list[str], rate: float, rng: random.Random,
-                 client_id: str = "chaos-load", first_seq: int = 1) -> None:
+                 client_id: str = "chaos-load", first_seq: int = 1, retain: bool = False) -> None:
         super().__init__(rate)
         self.topics = topics
+        self.retain = retain
         self.rng = rng
         self.seq = first_seq - 1
         self.accepted: set[int] = set()
@@ -164,17 +176,32 @@ class MqttLoad(Paced):
         self.client.connect_async("127.0.0.1", port, keepalive=15)
         self.client.loop_start()
 
-    def step(self) -> None:
+    def prime(self, timeout: float = 15.0) -> None:
+        """One message on every topic, acknowledged by the broker, before the load starts (for
+        retained topics: what the collector's first subscription finds on the broker)."""
+        deadline = time.monotonic() + timeout
+        while not self.client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for topic in self.topics:
+            self.step(topic)
+        while len(self.accepted) < len(self.topics) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if len(self.accepted) < len(self.topics):
+            raise RuntimeError(f"the broker acknowledged {len(self.accepted)} of "
+                               f"{len(self.topics)} first messages")
+
+    def step(self, topic: str | None = None) -> None:
         if not self.client.is_connected():
             self.skipped += 1
             return
         self.seq += 1
-        topic = self.rng.choice(self.topics)
+        topic = topic or self.rng.choice(self.topics)
         self.published_at[self.seq] = time.time()
         self.topic_of[self.seq] = topic
         # never hold our lock across a paho call: paho runs on_publish under its own mutex,
         # and on_publish takes our lock (that order, both ways, deadlocks)
-        info = self.client.publish(topic, mqtt_payload(topic, self.seq, self.rng), qos=1)
+        info = self.client.publish(topic, mqtt_payload(topic, self.seq, self.rng), qos=1,
+                                   retain=self.retain)
         with self._lock:
             if info.mid in self._early:         # the PUBACK beat us here
                 self._early.discard(info.mid)

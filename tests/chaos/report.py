@@ -11,12 +11,14 @@ ROWS = (("fired", "fired"), ("landed", "  landed in InfluxDB"), ("lost", "  lost
 
 def render(r: Report) -> str:
     lines = [f"chaos run: profile {r.profile}, seed {r.seed}, {r.load_s} s of load at "
-             f"{r.rates.get('ha', '?')} HA changes/s + {r.rates.get('mqtt', '?')} MQTT msgs/s, "
+             f"{r.rates.get('ha', '?')} HA changes/s + {r.rates.get('mqtt', '?')} MQTT msgs/s "
+             f"(+ {r.rates.get('mqtt_retained', 0)} retained), "
              f"{len(r.outcomes)} faults",
              "", f"{'':34}{'ha-ingestor':>14}{'HA influxdb integration':>26}"]
-    ours = (r.ours_ha, r.ours_mqtt) if r.with_pipeline else (None, None)
+    ours = (r.ours_ha, r.ours_mqtt, r.ours_retained) if r.with_pipeline else (None,) * 3
     lines += _block("HA state_changed", ours[0], r.integration_ha)
     lines += _block("MQTT messages", ours[1], None)
+    lines += _block("MQTT retained messages (part of the above)", ours[2], None)
     lines += ["", "faults (seconds since load start):",
               f"  {'kind':<18}{'at':>8}{'lasted':>8}{'recovery':>10}  detail"]
     for o in r.outcomes:
@@ -33,7 +35,7 @@ def render(r: Report) -> str:
               "peak RSS (MB): " + ", ".join(f"{k} {v}" for k, v in sorted(r.peak_rss_mb.items())),
               f"settled {r.settle_s} s after the load stopped" if r.settle_s is not None
               else "did NOT settle: points still missing when the harness gave up"]
-    for name, col in (("HA entity", ours[0]), ("MQTT topic", ours[1])):
+    for name, col in (("HA entity", ours[0]), ("MQTT topic", ours[1])):  # retained: in MQTT
         if col is None:
             continue
         for key, n in sorted(col.lost_by.items(), key=lambda kv: -kv[1])[:15]:

@@ -14,13 +14,14 @@ from pathlib import Path
 from tests.chaos import faults, procfs, verify
 from tests.chaos.homeassistant import HomeAssistantServer
 from tests.chaos.ledger import HALedger, MqttLedger, recorder_changes
-from tests.chaos.load import HALoad, MqttLoad, mqtt_topics
+from tests.chaos.load import HALoad, MqttLoad, mqtt_topics, retained_topics
 from tests.chaos.pipeline import Pipeline, ingestor_config
 from tests.chaos.servers import InfluxServer, MosquittoServer
 
 OURS_DB = "ingestor"
 HA_DB = "ha_integration"
 MQTT_FILTERS = ["zigbee2mqtt/#", "tele/#"]
+RETAINED_FIRST_SEQ = 100_000_000     # the retained load's seqs, apart from the live load's
 SETTLE_TIMEOUT_S = 180
 # the load's topics through the presets a zigbee2mqtt/Tasmota house would use; every payload's
 # top-level "seq" becomes a field of that name
@@ -36,6 +37,7 @@ class Report:
     outcomes: list = field(default_factory=list)
     ours_ha: verify.Column = field(default_factory=verify.Column)
     ours_mqtt: verify.Column = field(default_factory=verify.Column)
+    ours_retained: verify.Column = field(default_factory=verify.Column)   # part of ours_mqtt
     integration_ha: verify.Column = field(default_factory=verify.Column)
     ledger: dict = field(default_factory=dict)
     peak_rss_mb: dict = field(default_factory=dict)
@@ -54,7 +56,8 @@ class Report:
     def passed(self) -> bool:
         if not self.with_pipeline:
             return not self.fault_errors
-        return self.ours_ha.clean and self.ours_mqtt.clean and not self.fault_errors
+        return self.ours_ha.clean and self.ours_mqtt.clean and self.ours_retained.clean \
+            and not self.fault_errors
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -77,7 +80,8 @@ class ChaosRun:
         self.schema = schema
         self.log = log
         self.report = Report(profile.name, seed, workdir=str(workdir),
-                             rates={"ha": profile.ha_rate, "mqtt": profile.mqtt_rate},
+                             rates={"ha": profile.ha_rate, "mqtt": profile.mqtt_rate,
+                                    "mqtt_retained": profile.retained_rate},
                              with_pipeline=with_pipeline)
         self.pipeline = None
         self.rss: dict[str, float] = {}
@@ -100,6 +104,14 @@ class ChaosRun:
         self.topics = mqtt_topics(rng)
         self.mqtt_ledger = MqttLedger(self.mosquitto.port, MQTT_FILTERS)
         self.mqtt_ledger.start()
+        # Retained states on the broker before the pipeline's first subscription, counted from
+        # here: the first subscription delivers them (retained), every later one would again.
+        self.mqtt_since_ns = time.time_ns()
+        self.retained_load = MqttLoad(self.mosquitto.port, retained_topics(rng),
+                                      self.profile.retained_rate, random.Random(self.seed + 3),
+                                      client_id="chaos-retained", retain=True,
+                                      first_seq=RETAINED_FIRST_SEQ)
+        self.retained_load.prime()
         self.ha_ledger = HALedger(self.ha.connect)
         self.ha_ledger.start()
         extra = {"schema": self.schema or SCHEMA}
@@ -116,7 +128,7 @@ class ChaosRun:
 
     def teardown(self) -> None:
         self._sampling.set()
-        for name in ("ha_load", "mqtt_load", "ha_ledger", "mqtt_ledger"):
+        for name in ("ha_load", "mqtt_load", "retained_load", "ha_ledger", "mqtt_ledger"):
             part = getattr(self, name, None)
             if part is not None:
                 self._bounded(part.stop, name, timeout=10)
@@ -139,6 +151,7 @@ class ChaosRun:
         self._t0 = time.monotonic()
         self.ha_load.start()
         self.mqtt_load.start()
+        self.retained_load.start()
         threading.Thread(target=self._sample_loop, daemon=True).start()
         time.sleep(self.profile.warmup_s)
         injector = faults.Injector(self, self.profile, self.log)
@@ -148,6 +161,7 @@ class ChaosRun:
         time.sleep(self.profile.tail_s)
         self._bounded(self.ha_load.stop, "HA load generator")
         self._bounded(self.mqtt_load.stop, "MQTT load generator")
+        self._bounded(self.retained_load.stop, "retained MQTT load generator")
         self.report.load_s = round(self.elapsed(), 1)
         self.log(f"load stopped after {self.report.load_s} s: {self.ha_load.sent} HA calls, "
                  f"{self.mqtt_load.seq} MQTT publishes; settling")
@@ -182,7 +196,7 @@ class ChaosRun:
         recorded = recorder_changes(self.ha.recorder_db, self.since_ns // 1000)
         ha_fired = {e: bus.get(e, set()) | recorded.get(e, set()) for e in set(bus) | set(recorded)}
         seen = set(self.mqtt_ledger.topic_of)
-        accepted = set(self.mqtt_load.accepted)
+        accepted = set(self.mqtt_load.accepted) | set(self.retained_load.accepted)
         self.report.ledger = {
             "ha_bus_events": sum(len(v) for v in bus.values()),
             "ha_recorder_only": sum(len(v - bus.get(e, set())) for e, v in recorded.items()),
@@ -193,9 +207,11 @@ class ChaosRun:
             "mqtt_published": self.mqtt_load.seq, "mqtt_accepted": len(accepted),
             "mqtt_ledger_seen": len(seen), "mqtt_accepted_not_seen": len(accepted - seen),
             "mqtt_publishes_skipped": self.mqtt_load.skipped,
+            "mqtt_retained_published": self.retained_load.seq - RETAINED_FIRST_SEQ + 1,
+            "mqtt_retained_accepted": len(self.retained_load.accepted),
         }
         mqtt_fired = verify.by_topic(seen | accepted, self.mqtt_ledger.topic_of,
-                                     self.mqtt_load.topic_of)
+                                     {**self.mqtt_load.topic_of, **self.retained_load.topic_of})
         return ha_fired, mqtt_fired
 
     def _settle(self) -> None:
@@ -226,8 +242,13 @@ class ChaosRun:
         r, since = self.report, self.since_ns
         r.ours_ha = verify.compare(ha_fired, verify.ha_points(self.influx, OURS_DB, since))
         r.integration_ha = verify.compare(ha_fired, verify.ha_points(self.influx, HA_DB, since))
-        r.ours_mqtt = verify.compare(mqtt_fired, verify.mqtt_points(
-            self.influx, OURS_DB, since, self.mqtt_ledger.topic_of))
+        landed = verify.mqtt_points(self.influx, OURS_DB, self.mqtt_since_ns,
+                                    self.mqtt_ledger.topic_of)
+        r.ours_mqtt = verify.compare(mqtt_fired, landed)
+        retained = set(self.retained_load.topics)
+        r.ours_retained = verify.compare(
+            {k: v for k, v in mqtt_fired.items() if k in retained},
+            {k: v for k, v in landed.items() if k in retained})
         r.lost_by_fault = {"ha-ingestor HA": self._by_fault(r.ours_ha, self._ha_offset),
                            "ha-ingestor MQTT": self._by_fault(r.ours_mqtt, self._mqtt_offset),
                            "HA integration": self._by_fault(r.integration_ha, self._ha_offset)}
@@ -238,7 +259,8 @@ class ChaosRun:
         return ident / 1e6 - self.since_ns / 1e9
 
     def _mqtt_offset(self, ident: int) -> float | None:
-        published = self.mqtt_load.published_at.get(ident)
+        published = self.mqtt_load.published_at.get(ident) or \
+            self.retained_load.published_at.get(ident)
         return None if published is None else published - self.since_ns / 1e9
 
     def _by_fault(self, col: verify.Column, offset) -> dict:
@@ -263,7 +285,7 @@ class ChaosRun:
         out = {}
         for key, ids in getattr(self.report.ours_ha, attr).items():
             out[key] = [round(i / 1e6 - start_s, 2) for i in ids]
-        published = self.mqtt_load.published_at
+        published = {**self.mqtt_load.published_at, **self.retained_load.published_at}
         for key, ids in getattr(self.report.ours_mqtt, attr).items():
             out[key] = [round(published[i] - start_s, 2) if i in published else None
                         for i in ids]

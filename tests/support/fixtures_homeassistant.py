@@ -1,9 +1,13 @@
-"""Pytest fixtures for Home Assistant: a real HA 2024.3.3 and the project's protocol test server.
+"""Pytest fixtures for Home Assistant: real HA releases and the project's protocol test server.
 
-- ``real_ha`` (session): one real HA with recorder + history (commit_interval 1), shared by every
-  test in the session; tests that restart it leave it running.
-- ``real_ha_factory`` (function): ``real_ha_factory(extra_yaml="influxdb: ...", recorder=True)``
-  starts another real HA in the test's tmp dir and stops it at teardown.
+- ``ha_version`` (session, parametrized): every tested release in turn (``HA_VERSIONS``:
+  2024.3.3, 2025.4.4). A test that uses it, or a fixture below, runs once per release; its id
+  says which (``[ha2025.4.4]``). Pytest groups the tests by release, so one release's HA is
+  stopped before the next one's starts.
+- ``real_ha`` (session, per release): one real HA with recorder + history (commit_interval 1),
+  shared by every test in the session; tests that restart it leave it running.
+- ``real_ha_factory`` (function, per release): ``real_ha_factory(extra_yaml="influxdb: ...",
+  recorder=True)`` starts another real HA in the test's tmp dir and stops it at teardown.
 - ``ha_test_server`` (function): an in-process ``HATestServer`` (faults on demand).
 
 Outside CI a machine that cannot install HA skips the real-HA tests; under CI=true it fails them.
@@ -11,44 +15,74 @@ Outside CI a machine that cannot install HA skips the real-HA tests; under CI=tr
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.procs import in_ci, tail, wait_until
-from tests.support.real_ha import HAStartError, HomeAssistantServer, ensure_ha_venv
+from tests.support.real_ha import (HA_VERSIONS, HAInstallError, HomeAssistantServer,
+                                   ensure_ha_venv)
 
 
-def _venv_or_skip() -> Path:
+def ha_venv_or_skip(version: str, extra_domains: tuple[str, ...] = ()) -> Path:
+    """The venv of ``version``; a machine that cannot install it skips (fails under CI)."""
     try:
-        return ensure_ha_venv()
-    except HAStartError as exc:
-        message = f"cannot install Home Assistant 2024.3.3: {exc}"
+        return ensure_ha_venv(extra_domains, version)
+    except HAInstallError as exc:
+        message = f"cannot install Home Assistant {version}: {exc}"
         if in_ci():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
 
 
+def pytest_collection_finish(session) -> None:
+    """Install every release's venv before the first real-HA test, not inside one: a first
+    install takes minutes (more than a test's timeout on a busy machine). A failure is left for
+    the tests, which skip or (under CI) fail with its message."""
+    if session.config.option.collectonly or not any(
+            item.get_closest_marker("realha") for item in session.items):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for version in HA_VERSIONS:
+        began = time.monotonic()
+        try:
+            venv = ensure_ha_venv(version=version)
+        except HAInstallError:
+            continue
+        if reporter is not None:
+            reporter.write_line(f"Home Assistant {version}: {venv} "
+                                f"(ready in {time.monotonic() - began:.0f} s)")
+
+
+@pytest.fixture(scope="session", params=HA_VERSIONS, ids=[f"ha{v}" for v in HA_VERSIONS])
+def ha_version(request) -> str:
+    """Each tested Home Assistant release in turn."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def real_ha(tmp_path_factory):
+def real_ha(ha_version, tmp_path_factory):
     """A running real HA with recorder and history; ``.token`` is an admin's long-lived token."""
-    _venv_or_skip()
-    server = HomeAssistantServer(tmp_path_factory.mktemp("real-ha"), recorder=True)
+    ha_venv_or_skip(ha_version)
+    server = HomeAssistantServer(tmp_path_factory.mktemp(f"real-ha-{ha_version}"),
+                                 recorder=True, version=ha_version)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def real_ha_factory(tmp_path):
+def real_ha_factory(ha_version, tmp_path):
     """Start extra real HA instances (own config, e.g. HA's influxdb integration) for one test."""
-    _venv_or_skip()
+    ha_venv_or_skip(ha_version)
     started: list[HomeAssistantServer] = []
 
     def start(extra_yaml: str = "", recorder: bool = True, name: str | None = None,
               timeout: float = 240) -> HomeAssistantServer:
         workdir = tmp_path / (name or f"ha-{len(started) + 1}")
-        server = HomeAssistantServer(workdir, extra_yaml=extra_yaml, recorder=recorder)
+        server = HomeAssistantServer(workdir, extra_yaml=extra_yaml, recorder=recorder,
+                                     version=ha_version)
         started.append(server)
         return server.start(timeout)
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ha_ingestor import queue
-from tests.support.procs import free_port, start_process, stop_process
+from tests.support.procs import free_port, start_process, stop_process, tail, wait_until
 
 CLI = [sys.executable, "-m", "ha_ingestor"]
 
@@ -68,6 +68,16 @@ class IngestorHarness:
         self.procs.append(proc)
         return proc
 
+    def ready(self, component: str) -> bool:
+        """Whether the component's /readyz answers 200 (connected, queue writable)."""
+        import urllib.request
+        port = self.config["metrics"]["ports"][component]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
     def log_path(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
 
@@ -97,3 +107,24 @@ def ingestor(tmp_path):
     yield make
     for harness in harnesses:
         harness.stop_all()
+
+
+# ---- the MQTT collector, as the MQTT tests start it ---------------------------------------------
+
+def collector_config(broker_port: int, **mqtt) -> dict:
+    """ingestor() overrides for ``collect mqtt`` against a local broker (fixed client id)."""
+    return {"mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker_port,
+                     "client_id": "test-collector", **mqtt}}
+
+
+def start_collector(ing: IngestorHarness, log: str = "mqtt") -> subprocess.Popen:
+    """Start ``collect mqtt`` and wait until its subscriptions are in place (made now, or held
+    by the broker's session: either way the log says ``subscribed to``)."""
+    path = ing.log_path(log)
+    before = path.read_text().count("subscribed to") if path.exists() else 0
+    proc = ing.start("collect", "mqtt", log=log)
+    wait_until(lambda: proc.poll() is not None or
+               path.exists() and path.read_text().count("subscribed to") > before,
+               30, "collector subscribed")
+    assert proc.poll() is None, f"collector exited with {proc.returncode}:\n{tail(path)}"
+    return proc

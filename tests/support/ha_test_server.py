@@ -1,11 +1,14 @@
-"""The project's own Home Assistant WebSocket test server: HA 2024.3.3's protocol, faults on demand.
+"""The project's own Home Assistant WebSocket test server: HA's protocol, faults on demand.
 
 A real HA (tests/support/real_ha.py) is used wherever it can show the behaviour; this server is for
 what a real HA cannot be made to do when a test wants it: drop every connection mid-stream, freeze
 (stop answering pings with the TCP connection open), reject the token, fire 50 000 events in a
 burst, coalesce messages into JSON arrays, send malformed JSON or unknown message types.
 
-It speaks the frames captured from HA 2024.3.3 (``tests/data`` / the ha-samples):
+It speaks the frames captured from real HA releases (``tests/data/ha-samples``): as HA 2025.4.4
+by default (what users run; every state carries ``last_reported``, and times are ``time.time()``
+floats, so the recorder's ``lu`` has digits below the microsecond that the ISO times in the
+events round away), or as HA 2024.3.3 with ``ha_version="2024.3.3"``. The frames:
 ``auth_required`` -> ``auth`` -> ``auth_ok`` | ``auth_invalid`` (then closes), ``supported_features``
 (``coalesce_messages``), ``subscribe_events`` (all types, or one; all types needs an admin),
 ``unsubscribe_events``, ``get_states``, ``history/history_during_period`` (HA's compressed form:
@@ -48,16 +51,24 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-HA_VERSION = "2024.3.3"
+from tests.support.ha_venv import HA_VERSIONS
+
+DEFAULT_PROTOCOL = HA_VERSIONS[-1]      # the newest tested release
+
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-# Event types a non-admin user may subscribe to (HA 2024.3.3's SUBSCRIBE_ALLOWLIST).
-NON_ADMIN_EVENT_TYPES = {"area_registry_updated", "component_loaded", "core_config_updated",
-                         "device_registry_updated", "entity_registry_updated",
-                         "repairs_issue_registry_updated", "lovelace_updated", "panels_updated",
-                         "recorder_5min_statistics_generated",
-                         "recorder_hourly_statistics_generated", "service_registered",
-                         "service_removed", "shopping_list_updated", "state_changed",
-                         "themes_updated"}
+# Event types a non-admin user may subscribe to (HA's SUBSCRIBE_ALLOWLIST), per release.
+_NON_ADMIN_2024_3 = {"area_registry_updated", "component_loaded", "core_config_updated",
+                     "device_registry_updated", "entity_registry_updated",
+                     "repairs_issue_registry_updated", "lovelace_updated", "panels_updated",
+                     "recorder_5min_statistics_generated",
+                     "recorder_hourly_statistics_generated", "service_registered",
+                     "service_removed", "shopping_list_updated", "state_changed",
+                     "themes_updated"}
+NON_ADMIN_EVENT_TYPES = {
+    "2024.3.3": _NON_ADMIN_2024_3,
+    "2025.4.4": _NON_ADMIN_2024_3 | {"category_registry_updated", "floor_registry_updated",
+                                     "label_registry_updated"},
+}
 COALESCE_MAX = 100          # messages per array frame when the client asked for coalescing
 
 # Entities the server's state stream cycles through (shaped like the HA 2024.3.3 samples).
@@ -81,7 +92,12 @@ def iso(ts: float) -> str:
 
 
 def _dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:      # a lone surrogate (no real HA sends one): as a JSON escape
+        text = json.dumps(value, separators=(",", ":"))
+    return text
 
 
 @dataclass
@@ -121,7 +137,14 @@ class HATestServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = "test-token",
                  rate: float = 0.0, entities: int = 8, admin: bool = True, recorder: bool = True,
-                 recorder_lag: float = 0.0, ssl_context: ssl.SSLContext | None = None):
+                 recorder_lag: float = 0.0, ssl_context: ssl.SSLContext | None = None,
+                 ha_version: str = DEFAULT_PROTOCOL):
+        if ha_version not in HA_VERSIONS:
+            raise ValueError(f"ha_version must be one of {', '.join(HA_VERSIONS)}: {ha_version}")
+        self.ha_version = ha_version
+        release = tuple(map(int, ha_version.split(".")))
+        self.float_times = release >= (2024, 7)       # time.time() floats (a datetime before)
+        self.last_reported = release >= (2024, 4)     # in every state object
         self.host, self.port, self.token = host, port, token
         self.rate = rate
         self.admin = admin
@@ -210,6 +233,11 @@ class HATestServer:
         """Fire one event of any type (to the clients subscribed to it); returns the event."""
         return self._call(self._fire_custom(event_type, data or {})).result(10)
 
+    def fire_event_json(self, event_type: str, data_json: str) -> dict:
+        """Fire one event whose data is the given JSON text, sent as it is (e.g. nested deeper
+        than any JSON library writes); returns the event without its data."""
+        return self._call(self._fire_custom(event_type, {}, data_json)).result(10)
+
     def set_state(self, entity_id: str, state: str, attributes: dict | None = None) -> dict:
         """Change one entity's state (a new entity is created); returns the state_changed event."""
         return self._call(self._set_state(entity_id, state, attributes)).result(10)
@@ -263,8 +291,13 @@ class HATestServer:
         return entities
 
     def _now(self) -> float:
-        """A strictly increasing microsecond time, so every event time is distinct (as in HA)."""
-        ts = round(max(time.time(), self._last_ts + 1e-6), 6)
+        """A strictly increasing time, distinct at the microsecond: rounded to it as HA 2024.3
+        stored a datetime, or the raw float HA keeps since 2024.7 (1.5 µs apart at least, so the
+        rounded ISO times still differ)."""
+        if self.float_times:
+            ts = max(time.time(), self._last_ts + 1.5e-6)
+        else:
+            ts = round(max(time.time(), self._last_ts + 1e-6), 6)
         self._last_ts = ts
         return ts
 
@@ -276,10 +309,11 @@ class HATestServer:
             entity.last_changed = ts
         entity.state = state
         ctx_json = ctx_json or '{"id":"%s","parent_id":null,"user_id":null}' % _ulid(ts)
+        reported = f'"last_reported":"{iso(ts)}",' if self.last_reported else ""
         entity.state_json = (
             f'{{"entity_id":"{entity.entity_id}","state":{_dumps(state)},'
             f'"attributes":{entity.attributes_json},"last_changed":"{iso(entity.last_changed)}",'
-            f'"last_updated":"{iso(ts)}","context":{ctx_json}}}')
+            f'{reported}"last_updated":"{iso(ts)}","context":{ctx_json}}}')
         return entity.state_json
 
     def _next_state_event(self) -> tuple[str, str]:
@@ -343,13 +377,17 @@ class HATestServer:
         events = [self._next_state_event() for _ in range(count)]
         await self._deliver(events)
 
-    async def _fire_custom(self, event_type: str, data: dict) -> dict:
+    async def _fire_custom(self, event_type: str, data: dict, data_json: str | None = None
+                           ) -> dict:
         ts = self._now()
         event = {"event_type": event_type, "data": data, "origin": "LOCAL",
                  "time_fired": iso(ts),
                  "context": {"id": _ulid(ts), "parent_id": None, "user_id": None}}
         self.fired[event_type] += 1
-        await self._deliver([(event_type, _dumps(event))])
+        text = _dumps(event)
+        if data_json is not None:
+            text = text.replace('"data":{}', f'"data":{data_json}', 1)
+        await self._deliver([(event_type, text)])
         return event
 
     async def _set_state(self, entity_id: str, state: str, attributes: dict | None) -> dict:
@@ -419,7 +457,7 @@ class HATestServer:
             if not await _handshake(reader, writer):
                 return
             self.clients.append(client)
-            await self._send(client, {"type": "auth_required", "ha_version": HA_VERSION})
+            await self._send(client, {"type": "auth_required", "ha_version": self.ha_version})
             async for text in _messages(reader, writer, client):
                 await self._on_text(client, text)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
@@ -460,7 +498,7 @@ class HATestServer:
         if message.get("type") == "auth" and message.get("access_token") == self.token:
             client.authed = True
             self.stats["auth_ok"] += 1
-            await self._send(client, {"type": "auth_ok", "ha_version": HA_VERSION})
+            await self._send(client, {"type": "auth_ok", "ha_version": self.ha_version})
             return
         self.stats["auth_invalid"] += 1
         await self._send(client, {"type": "auth_invalid",
@@ -491,7 +529,7 @@ class HATestServer:
                               f"expected str for dictionary value @ data['event_type']. "
                               f"Got {event_type!r}")
             return
-        if not self.admin and event_type not in NON_ADMIN_EVENT_TYPES:
+        if not self.admin and event_type not in NON_ADMIN_EVENT_TYPES[self.ha_version]:
             await self._error(client, msg_id, "unauthorized", "Unauthorized")
             return
         client.subscriptions[msg_id] = event_type
@@ -648,17 +686,19 @@ def _ulid(ts: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Home Assistant WebSocket test server "
-                                     "(HA 2024.3.3 protocol) for demos and benchmarks.")
+                                     "(HA's protocol) for demos and benchmarks.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8124)
     parser.add_argument("--token", default="test-token")
     parser.add_argument("--rate", type=float, default=10.0, help="state_changed events per second")
     parser.add_argument("--entities", type=int, default=8)
+    parser.add_argument("--ha-version", choices=HA_VERSIONS, default=DEFAULT_PROTOCOL,
+                        help="whose frames to send")
     parser.add_argument("--no-recorder", action="store_true", help="answer history as HA "
                         "without recorder does (unknown_command)")
     args = parser.parse_args(argv)
     server = HATestServer(args.host, args.port, args.token, args.rate, args.entities,
-                          recorder=not args.no_recorder).start()
+                          recorder=not args.no_recorder, ha_version=args.ha_version).start()
     print(f"HA test server on {server.url} (token {args.token!r}, {args.rate:g} events/s)",
           flush=True)
     stop = threading.Event()

@@ -1,32 +1,30 @@
-"""A real Home Assistant 2024.3.3 for tests: its own virtual environment, a small offline config,
-onboarding over HA's REST API and a long-lived admin token.
+"""A real Home Assistant for tests: its own virtual environment, a small offline config,
+onboarding over HA's REST API and a long-lived admin token. Every tested release
+(``HA_VERSIONS``: 2024.3.3 on Python 3.11, 2025.4.4 on Python 3.13) runs the same way.
 
-    from tests.support.real_ha import HomeAssistantServer, ensure_ha_venv
+    from tests.support.real_ha import HomeAssistantServer
 
-    ha = HomeAssistantServer(tmp_path / "ha", extra_yaml="influxdb:\\n  host: 127.0.0.1\\n")
+    ha = HomeAssistantServer(tmp_path / "ha", extra_yaml="influxdb:\\n  host: 127.0.0.1\\n",
+                             version="2025.4.4")
     ha.start()                      # first start onboards and creates ha.token
     with ha.client() as client:     # a small synchronous WebSocket client
-        client.call_service("input_boolean", "toggle", target={"entity_id": "input_boolean.acc_switch_1"})
+        client.call_service("input_boolean", "toggle",
+                            target={"entity_id": "input_boolean.acc_switch_1"})
     ha.restart()                    # keeps .storage and the token
     ha.stop()
 
-HA is kept out of the project's environment: ``ensure_ha_venv()`` creates
-``$HA_INGESTOR_HA_VENV`` (default ``~/.cache/ha-ingestor/ha-2024.3.3``) with pip, pinned
-``josepy==1.14.0`` (josepy 2.x makes every HA HTTP answer a 500), and pre-installs the packages HA
-would otherwise pip-install on its first start (frontend, SQLAlchemy, ...), so a start needs no
-package index. A lock file keeps parallel callers from installing at the same time.
+HA is kept out of the project's environment: each release runs from its own cached venv
+(``tests/support/ha_venv.py``), which holds everything HA would otherwise pip-install on its
+first start; HA runs with its package installer offline, so a start never needs a package index.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -39,139 +37,21 @@ from typing import Any
 
 import websocket
 
+from tests.support.ha_venv import (DEFAULT_HA_VERSION, HA_VERSIONS, OFFLINE_ENV,
+                                   HAInstallError, ensure_ha_venv, ha_venv_dir, release)
 from tests.support.procs import free_port, start_process, tail
 
-HA_VERSION = "2024.3.3"
-HA_PINS = (f"homeassistant=={HA_VERSION}", "josepy==1.14.0")
-READY_MARKER = ".ha-ingestor-ready"
-
-# Integrations whose requirements are installed with the venv: those the test config uses, plus
-# those other tests add through extra_yaml (HA's own influxdb integration, MQTT statestream).
-PREINSTALLED_DOMAINS = ("http", "api", "websocket_api", "config", "recorder", "history",
-                        "template", "influxdb", "mqtt", "mqtt_statestream")
+__all__ = ["DEFAULT_HA_VERSION", "HA_VERSIONS", "HAInstallError", "ensure_ha_venv",
+           "ha_venv_dir", "HomeAssistantServer", "HAClient", "HAStartError", "EventRecorder",
+           "change_calls", "drive", "CONFIG_ENTITIES"]
 
 TOKEN_CLIENT_NAME = "ha-ingestor tests"
 OWNER = {"name": "Test Owner", "username": "owner", "password": "ha-ingestor-test-pw",
          "language": "en"}
 
-# Run inside HA's own interpreter: the requirements of the integrations HA will set up for the
-# given domains (plus HA's always-loaded ones), closed over manifest dependencies, that are not
-# installed yet. Mirrors what HA itself would pip-install on a first start.
-_MISSING_REQUIREMENTS_SCRIPT = r"""
-import json, sys, pathlib
-import homeassistant, homeassistant.bootstrap as bootstrap
-from homeassistant.util.package import is_installed
-components = pathlib.Path(homeassistant.__file__).parent / "components"
-todo = set(json.loads(sys.argv[1])) | bootstrap.CORE_INTEGRATIONS | bootstrap.DEFAULT_INTEGRATIONS
-seen, reqs = set(), []
-while todo:
-    domain = todo.pop()
-    manifest = components / domain / "manifest.json"
-    if domain in seen or not manifest.exists():
-        continue
-    seen.add(domain)
-    data = json.loads(manifest.read_text())
-    todo.update(data.get("dependencies", []))
-    reqs.extend(r for r in data.get("requirements", []) if r not in reqs)
-print(json.dumps(sorted(r for r in reqs if not is_installed(r))))
-"""
-
 
 class HAStartError(RuntimeError):
     """Home Assistant could not be installed, started or onboarded; the message has its log."""
-
-
-# ---------------------------------------------------------------------------------------------
-# The virtual environment
-
-def ha_venv_dir() -> Path:
-    env = os.environ.get("HA_INGESTOR_HA_VENV")
-    return Path(env) if env else Path.home() / ".cache" / "ha-ingestor" / f"ha-{HA_VERSION}"
-
-
-def ensure_ha_venv(extra_domains: tuple[str, ...] = ()) -> Path:
-    """The HA venv, created (with HA's first-start packages) if missing. Safe to call in parallel."""
-    venv = ha_venv_dir()
-    domains = tuple(sorted(set(PREINSTALLED_DOMAINS) | set(extra_domains)))
-    marker = venv / READY_MARKER
-    if _marker_covers(marker, domains):
-        return venv
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(venv.parent / f"{venv.name}.lock"):
-        if _marker_covers(marker, domains):
-            return venv
-        if not _has_homeassistant(venv):
-            _create_venv(venv)
-        _install_missing_requirements(venv, domains)
-        marker.write_text(json.dumps({"version": HA_VERSION, "domains": list(domains)}))
-    return venv
-
-
-def _marker_covers(marker: Path, domains: tuple[str, ...]) -> bool:
-    try:
-        data = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    return data.get("version") == HA_VERSION and set(domains) <= set(data.get("domains", ()))
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _has_homeassistant(venv: Path) -> bool:
-    python = venv / "bin" / "python"
-    if not python.exists():
-        return False
-    probe = ("import importlib.metadata as m; "
-             "print(m.version('homeassistant'), m.version('josepy'))")
-    result = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
-    return result.returncode == 0 and result.stdout.split() == [HA_VERSION, "1.14.0"]
-
-
-def _base_python() -> str:
-    """A Python 3.11 interpreter outside any venv (HA 2024.3.3 is the last for 3.11)."""
-    explicit = os.environ.get("HA_INGESTOR_HA_PYTHON")
-    if explicit:
-        return explicit
-    return shutil.which("python3.11") or getattr(sys, "_base_executable", None) or "python3"
-
-
-def _create_venv(venv: Path) -> None:
-    _run([_base_python(), "-m", "venv", "--clear", str(venv)], "creating the HA venv")
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-           "--disable-pip-version-check"]
-    _run(pip + ["--upgrade", "pip", "wheel"], "upgrading pip in the HA venv")
-    _run(pip + list(HA_PINS), f"installing homeassistant=={HA_VERSION}")
-
-
-def _install_missing_requirements(venv: Path, domains: tuple[str, ...]) -> None:
-    python = str(venv / "bin" / "python")
-    result = _run([python, "-c", _MISSING_REQUIREMENTS_SCRIPT, json.dumps(list(domains))],
-                  "listing HA integration requirements")
-    missing = json.loads(result.stdout.strip().splitlines()[-1])
-    if not missing:
-        return
-    constraints = _run([python, "-c", "import homeassistant, pathlib; print(pathlib.Path("
-                        "homeassistant.__file__).parent / 'package_constraints.txt')"],
-                       "locating HA's package constraints").stdout.strip()
-    _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-          "--constraint", constraints, *missing, HA_PINS[1]],
-         f"installing HA integration requirements {missing}")
-
-
-def _run(argv: list[str], what: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise HAStartError(f"{what} failed (exit {result.returncode}):\n"
-                           f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +135,14 @@ template:
           {{{{ ((states('input_number.acc_temp_1') | float(0)
                + states('input_number.acc_temp_2') | float(0)) / 2) | round(2) }}}}
 
+alarm_control_panel:
+  - platform: manual
+    name: Acc alarm
+    code: "1234"
+    arming_time: 0
+    delay_time: 0
+    trigger_time: 0
+
 automation:
   - id: acc_switch_1_counts
     alias: Acc switch 1 counts
@@ -282,6 +170,7 @@ CONFIG_ENTITIES = (
     "input_number.acc_temp_1", "input_number.acc_temp_2", "input_number.acc_humidity",
     "counter.acc_counter", "input_text.acc_note", "input_select.acc_mode",
     "sensor.acc_temperature_average", "automation.acc_switch_1_counts",
+    "alarm_control_panel.acc_alarm",
 )
 
 
@@ -302,7 +191,8 @@ class HomeAssistantServer:
     and the token."""
 
     def __init__(self, workdir: Path, port: int | None = None, extra_yaml: str = "",
-                 recorder: bool = True):
+                 recorder: bool = True, version: str = DEFAULT_HA_VERSION):
+        self.version = release(version).version
         self.workdir = Path(workdir)
         self.config_dir = self.workdir / "config"
         self.log_path = self.workdir / "ha.log"
@@ -329,10 +219,10 @@ class HomeAssistantServer:
 
     def start(self, timeout: float = 240) -> "HomeAssistantServer":
         began = time.monotonic()
-        venv = ensure_ha_venv(tuple(sorted(_yaml_domains(self.extra_yaml))))
+        venv = ensure_ha_venv(tuple(sorted(_yaml_domains(self.extra_yaml))), self.version)
         self._write_config()
         argv = [str(venv / "bin" / "hass"), "--config", str(self.config_dir), "--log-no-color"]
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **OFFLINE_ENV}
         env.pop("VIRTUAL_ENV", None)
         self.proc = start_process(argv, self.log_path, env=env, cwd=self.workdir)
         deadline = began + timeout

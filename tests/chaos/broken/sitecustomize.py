@@ -9,6 +9,8 @@ Python imports ``sitecustomize`` at start-up from ``sys.path``; the harness test
 - ``collector_duplicates``: collectors commit every MQTT event twice (the copy received 1 ms later),
   as a collector that re-stores a redelivered message would.
 - ``collector_drops``: collectors silently skip committing one batch in 25.
+- ``collector_restores_retained``: the MQTT collector subscribes again on every connect and stores
+  every retained message the broker sends, as it did before retained messages were recognised.
 """
 
 import os
@@ -48,9 +50,24 @@ def _collector_drops(queue) -> None:
     queue.Producer.append = append_sometimes
 
 
+def _collector_restores_retained(_queue) -> None:
+    from collectors.mqtt import retained, subscriptions
+
+    def subscribe_all(self, _session_present):
+        self.waiting.clear()
+        return subscriptions.Plan(self.wanted, ())
+
+    def never_resent(self, topic, payload, retain, rx):
+        self.record(topic, payload, retain, rx)
+        return False
+    subscriptions.Subscriptions.on_connack = subscribe_all
+    retained.Pending.resent = never_resent
+
+
 _PATCHES = {"writer_ack_before_write": _writer_ack_before_write,
             "collector_duplicates": _collector_duplicates,
-            "collector_drops": _collector_drops}
+            "collector_drops": _collector_drops,
+            "collector_restores_retained": _collector_restores_retained}
 
 if _VARIANT:
     from ha_ingestor import queue as _queue
