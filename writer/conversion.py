@@ -134,7 +134,7 @@ class ProcessConversion:
         self._conn.send(schema)
         self._mark = mark
         self._broken = False
-        self._sent: list[tuple[str, int, int]] = []          # (source, item id, deaths)
+        self._sent: list[tuple[str, int, int, bool]] = []    # (source, item, deaths, sent)
         self._answers: queue.SimpleQueue = queue.SimpleQueue()
         self._receiver = threading.Thread(target=self._receive_all, name="convert-answers",
                                           daemon=True)
@@ -146,15 +146,15 @@ class ProcessConversion:
                 self._conn.send((source, item.item_id, item.data))
             except OSError:
                 self._broken = True
-        self._sent.append((source, item.item_id, deaths))
+        self._sent.append((source, item.item_id, deaths, not self._broken))
 
     def finish(self, batch: "Round") -> None:
         """The lines of every item added, in order. An item whose lines are not there yet is
         being converted: it is marked while the writer waits, and if the process dies, the
         item it died on is marked and the writer stops."""
         try:
-            for source, item_id, deaths in self._sent:
-                lines, positions, dead, counted = self._receive(source, item_id, deaths)
+            for source, item_id, deaths, sent in self._sent:
+                lines, positions, dead, counted = self._receive(source, item_id, deaths, sent)
                 metrics.add_counts(counted)          # e.g. secret keys withheld
                 batch.lines.extend(lines)
                 batch.owners.extend((source, item_id, position) for position in positions)
@@ -184,16 +184,18 @@ class ProcessConversion:
                 self._answers.put(None)
                 return
 
-    def _receive(self, source: str, item_id: int, deaths: int) -> tuple:
+    def _receive(self, source: str, item_id: int, deaths: int, sent: bool) -> tuple:
         """The answer for one item; the item is marked when it is not there yet (it is being
-        converted) or when the process died instead of answering (it died on it)."""
+        converted) or when the process died instead of answering (it died on it, unless it was
+        dead before the item was sent)."""
         try:
             answer = self._answers.get_nowait()
         except queue.Empty:
-            self._mark(source, item_id, deaths)
+            if sent:
+                self._mark(source, item_id, deaths)
             answer = self._answers.get()
         else:
-            if answer is None:
+            if answer is None and sent:
                 self._mark(source, item_id, deaths)
         if answer is None:
             self._answers.put(None)              # every later call sees the death too
