@@ -93,6 +93,11 @@ class BatchQueue(SQLiteAckQueue):
                                check_same_thread=not multithreading)
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         conn.execute("PRAGMA temp_store=MEMORY")            # VACUUM's copy: see shrink()
+        # Debian builds SQLite with secure_delete on: every page an ack frees is overwritten
+        # with zeros, so an ack wrote as much to the WAL as it freed, more than the headroom a
+        # full disk keeps. FAST zeroes deleted content only on pages written anyway; what is
+        # left in free pages is in a file only its owner can read (0600), and VACUUM drops it.
+        conn.execute("PRAGMA secure_delete=FAST")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         return conn
