@@ -1,10 +1,12 @@
 """Where an import puts what it read: ``<queue.dir>/import.db``, the import's own queue file.
 
-Only ``Producer`` of ``ha_ingestor.queue`` is used (one producer per file: a second import of
-the same queue directory while one runs is refused). Events go in batches of
-``queue.batch_events``; a step's checkpoint is committed with its last batch. While the file is
-at ``queue.max_bytes`` (the writer is behind, or InfluxDB is away) the import waits for the
-writer to make room instead of failing: HA's recorder keeps the rows meanwhile.
+Only ``Producer`` of ``ha_ingestor.queue`` is used. One producer per file: a second import (or
+``verify --fill``) on the same queue directory while one runs exits 4 with ``queue/import.db is
+already used by ha-ingestor import (pid …)``. Events go in batches of
+``queue.batch_events``, each with its step's checkpoint (``importer.job``). While the file is
+at ``queue.max_bytes`` or the disk at its headroom (``QueueFull``, ``DiskFull``: the writer is
+behind, or InfluxDB is away) the import waits for the writer to make room instead of failing:
+HA's recorder keeps the rows meanwhile.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ FULL_WAIT_S = 1.0
 
 class ImportQueue:
     def __init__(self, config: Config, stop: StopFlag):
-        self.producer = Producer(config.queue.dir, IMPORT, config.queue.max_bytes)
+        self.producer = Producer(config.queue.dir, IMPORT, config.queue.max_bytes,
+                                 owner="ha-ingestor import")
         self.batch_events = config.queue.batch_events
         self.stop = stop
         self.appended = 0
