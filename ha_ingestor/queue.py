@@ -450,6 +450,23 @@ def read_status(queue_dir: Path | str, source: str) -> QueueStatus | None:
         conn.close()
 
 
+def read_meta(queue_dir: Path | str, source: str, key: str) -> str | None:
+    """One meta value of a queue file, without opening it as producer or consumer; None when
+    the file or the key does not exist."""
+    conn = _inspect(queue_dir, source)
+    if conn is None:
+        return None
+    path = queue_file(queue_dir, source)
+    try:
+        if not _has_table(conn, "meta"):
+            return None
+        row = _retry_locked(lambda: conn.execute("SELECT value FROM meta WHERE key = ?",
+                                                 (key,)).fetchone(), path, "read meta")
+        return row[0] if row else None
+    finally:
+        conn.close()
+
+
 def peek(queue_dir: Path | str, source: str, limit: int = 10) -> list[dict]:
     """The oldest ``limit`` unacknowledged events, without taking them."""
     conn = _inspect(queue_dir, source)

@@ -16,7 +16,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.config import Config
-from ha_ingestor.envelope import HA, KIND_LIVE, KIND_RESYNC, state_as_event
+from ha_ingestor.envelope import HA, HA_NAME_META_KEY, KIND_LIVE, KIND_RESYNC, state_as_event
 from ha_ingestor.errors import AuthError, ConfigError, TransientError
 from ha_ingestor.lifecycle import StopFlag
 
@@ -44,6 +44,7 @@ class HACollector:
         self.connection: HAConnection | None = None
         self.backfill: Backfill | None = None
         self._no_history_logged = False
+        self._recorded_name: str | None = None
         self._received = metrics.EVENTS_RECEIVED.labels(HA)
         self._dropped = metrics.EVENTS_DROPPED.labels(HA, self.ha.full_policy)
         self._connected = metrics.CONNECTED.labels("ha")
@@ -99,6 +100,7 @@ class HACollector:
         connection.start_reader()
         self._start_keepalive(connection)
         self._request_coalescing(connection)
+        self._record_name(connection)
         self._open_gap()
         backfill = self._prepare_backfill()
         self._subscribe(connection)
@@ -126,6 +128,19 @@ class HACollector:
                                 "features": {"coalesce_messages": 1}}, self.ha.ping_timeout)
         except CommandError as exc:   # an HA older than 2022.12: plain frames, fine
             log.info("Home Assistant does not take supported_features (%s)", exc.code)
+
+    def _record_name(self, connection: HAConnection) -> None:
+        """HA's name (``location_name``), kept in the queue's meta: a fleet site's default
+        name (``nats.site``)."""
+        try:
+            config = connection.request({"type": "get_config"}, self.ha.ping_timeout)
+        except CommandError as exc:
+            log.info("Home Assistant does not answer get_config (%s)", exc.code)
+            return
+        name = config.get("location_name") if isinstance(config, dict) else None
+        if isinstance(name, str) and name.strip() and name != self._recorded_name:
+            self.committer.record_meta(HA_NAME_META_KEY, name)
+            self._recorded_name = name
 
     def _subscribe(self, connection: HAConnection) -> None:
         types = list(self.ha.event_types) or [None]

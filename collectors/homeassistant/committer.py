@@ -150,6 +150,11 @@ class Committer:
         self.handoff.put_control(close)
         return done
 
+    def record_meta(self, key: str, value: str) -> None:
+        """Keep a small value in the queue file's meta table (written on the committer's
+        thread, after what is queued before it)."""
+        self.handoff.put_control(lambda: self._producer.set_meta(key, value))
+
     def persisted_marks(self) -> Watermarks:
         """The watermarks as the queue file holds them (valid starting points for a backfill)."""
         return self._persisted.copy()
