@@ -128,7 +128,13 @@ class NatsLink:
         if self._nc is not None:
             await self._discard()
         self._errors.clear()
-        nc = await nats.connect(**self._options())
+        # bounded by us: nats-py 2.16 waits for ever after a failed TLS handshake
+        deadline = self.config.connect_timeout * (len(self.config.servers) + 1)
+        try:
+            nc = await asyncio.wait_for(nats.connect(**self._options()), deadline)
+        except asyncio.TimeoutError:
+            raise self.classify(TimeoutError(f"not connected within {deadline:.0f} s")) \
+                from None
         self._nc, self._js = nc, nc.jetstream(timeout=self.config.publish_timeout,
                                               publish_async_max_pending=100_000)
         log.info("connected to NATS at %s (%s)", redact_url(nc.connected_url.geturl()),
@@ -225,4 +231,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, nats.js.errors.APIError):
         return f"JetStream: {exc.description or 'error'} (code {exc.code}, {exc.err_code})"
     text = str(exc).strip()
+    if text.startswith("nats:"):             # the server's own -ERR, as nats-py words it
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
