@@ -75,6 +75,7 @@ class CentralWriter:
         self.points_per_message = float(self.nats.message_points)
         self._status_at = 0.0
         self._written = 0
+        self._redelivered = 0      # messages JetStream delivered again (a writer died, ...)
 
     def ready(self) -> bool:
         return self.delivery.up and self.subscription is not None
@@ -104,6 +105,7 @@ class CentralWriter:
                 self._report_status()
             if pending is not None:
                 self._complete(*pending)
+            self._log_redelivered()
         finally:
             self.stop.set()
             executor.shutdown(wait=True)
@@ -168,6 +170,8 @@ class CentralWriter:
                 return
             for msg in messages:
                 batch.add(msg)
+                if msg.metadata.num_delivered > 1:
+                    self._redelivered += 1
             if batch.messages:
                 self.points_per_message = max(1.0, len(batch.lines) / len(batch.messages))
 
@@ -233,7 +237,15 @@ class CentralWriter:
             rate = self._written / (now - self._status_at)
             log.info("wrote %d points in %.0f s (%.0f points/s)", self._written,
                      now - self._status_at, rate)
+        self._log_redelivered()
         self._status_at, self._written = now, 0
+
+    def _log_redelivered(self) -> None:
+        if self._redelivered:
+            log.info("%d messages were delivered again by JetStream (a writer that took them "
+                     "died, or their ack was lost); their points are rewritten identically",
+                     self._redelivered)
+            self._redelivered = 0
 
 
 def run(config, stop) -> int:

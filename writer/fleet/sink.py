@@ -128,6 +128,7 @@ class NatsSink:
     def _settle(self, messages, futures, pending) -> None:
         """Count the acks; raise for what was not stored (a re-send stores only that)."""
         failures = []
+        duplicates = self.duplicates
         for (msg_id, payload), future in zip(messages, futures):
             if future in pending:
                 failures.append(TimeoutError(f"no acknowledgement within "
@@ -137,6 +138,10 @@ class NatsSink:
             else:
                 self.published += 1
                 self.duplicates += bool(future.result().duplicate)
+        if self.duplicates > duplicates:
+            log.info("%d of %d messages were in JetStream already (sent before a crash or a lost "
+                     "acknowledgement): dropped by JetStream as duplicates",
+                     self.duplicates - duplicates, len(messages))
         if not failures:
             return
         first = failures[0]
