@@ -7,7 +7,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv ha-venvs test images addon demo chaos bench clean
+.PHONY: help system-deps venv ha-venvs test images addon demo chaos fleet bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
@@ -15,6 +15,7 @@ help:
 	@echo "make images  - build and run the product and add-on images with podman (root)"
 	@echo "make addon   - put the ha-ingestor wheel into the add-on folder, to install it locally"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
+	@echo "make fleet   - the full fleet run: 20 sites through a JetStream cluster, with faults"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
 	@echo "make ha-venvs - install the Home Assistant venvs now (the tests do on first use)"
 
@@ -52,12 +53,18 @@ demo: system-deps venv
 chaos: system-deps venv
 	$(PY) -m tests.chaos --profile full $(ARGS)
 
+# 20 sites → a three-node JetStream cluster → 2 central writers → InfluxDB, with 60 s outages
+# (about 10 minutes); make test runs the same at a smaller scale.
+fleet: system-deps venv
+	$(PY) -m tests.fleet --profile full $(ARGS)
+
 bench: system-deps venv
 	$(PY) bench/queue_bench.py
 	$(PY) bench/mqtt_bench.py
 	$(PY) bench/ha_bench.py
 	$(PY) bench/writer_bench.py
 	$(PY) bench/e2e_bench.py
+	$(PY) bench/fleet_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .demo

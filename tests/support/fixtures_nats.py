@@ -3,7 +3,8 @@
 ``nats_server`` is one server, ``nats_cluster`` three servers in one JetStream cluster (streams
 with replicas 3 survive one node down). Every server listens on free loopback ports, keeps its
 store in the test's tmp folder and is stopped by pid. ``auth`` is a block of server
-configuration (``authorization { ... }`` or ``accounts { ... }``) for the credential tests.
+configuration (``authorization { ... }`` or ``accounts { ... }``) for the credential tests;
+``extra`` any further block (``leafnodes { ... }``).
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ server_name: {name}
 listen: 127.0.0.1:{port}
 http: 127.0.0.1:{http_port}
 max_payload: {max_payload}
+{jetstream}
+{cluster}
+{auth}
+{tls}
+{extra}
+"""
+
+JETSTREAM_BLOCK = """\
 jetstream {{
   store_dir: "{store}"
   max_memory_store: 256MB
   max_file_store: 8GB
 }}
-{cluster}
-{auth}
-{tls}
 """
 
 CLUSTER_BLOCK = """\
@@ -45,7 +51,7 @@ class NatsServer:
     """One ``nats-server`` process. ``stop()``/``start()`` keep the store; ``kill()`` is SIGKILL."""
 
     def __init__(self, root: Path, name: str = "n1", auth: str = "", tls: str = "",
-                 max_payload: int = 1024 * 1024):
+                 max_payload: int = 1024 * 1024, extra: str = "", jetstream: bool = True):
         self.binary = procs.require_binary("nats-server", "nats-server")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
@@ -53,7 +59,8 @@ class NatsServer:
         self.port = procs.free_port()
         self.http_port = procs.free_port()
         self.cluster_port = procs.free_port()
-        self.auth, self.tls, self.max_payload = auth, tls, max_payload
+        self.auth, self.tls, self.max_payload, self.extra = auth, tls, max_payload, extra
+        self.jetstream = jetstream
         self.scheme = "tls" if tls else "nats"
         self.url = f"{self.scheme}://127.0.0.1:{self.port}"
         self.config_path = root / f"{name}.conf"
@@ -71,8 +78,10 @@ class NatsServer:
     def write_config(self) -> None:
         self.config_path.write_text(SERVER_CONFIG.format(
             name=self.name, port=self.port, http_port=self.http_port,
-            max_payload=self.max_payload, store=self.root / "store",
-            cluster=self.cluster_block, auth=self.auth, tls=self.tls))
+            max_payload=self.max_payload, cluster=self.cluster_block, auth=self.auth,
+            tls=self.tls, extra=self.extra,
+            jetstream=JETSTREAM_BLOCK.format(store=self.root / "store") if self.jetstream
+            else ""))
 
     def start(self, wait: bool = True) -> "NatsServer":
         self.write_config()
@@ -112,6 +121,8 @@ class NatsServer:
             if self.cluster_block:
                 meta = self.monitor("/jsz").get("meta_cluster") or {}
                 return bool(meta.get("leader"))
+            if not self.jetstream:
+                return self.monitor("/healthz").get("status") == "ok"
             return self.monitor("/healthz?js-enabled-only=true").get("status") == "ok"
         except (OSError, ValueError):
             return False

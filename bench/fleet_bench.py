@@ -1,0 +1,240 @@
+"""Fleet benchmark: central writers scaling out, and a site's writer into JetStream.
+
+    .venv/bin/python bench/fleet_bench.py [--points 600000] [--edge-events 300000] [--runs 3]
+
+Starts its own ``nats-server`` (JetStream, file store) and ``influxd`` on free loopback ports,
+data in a temporary folder. Each run measures, in the same run:
+
+1. ``influx_ceiling_points_per_s``: InfluxDB's own ceiling: the points the central writers will
+   write (realistic HA and MQTT points with a site tag), built beforehand, posted by one client
+   in batches of ``--batch-size`` through the writer's own v1 sink;
+2. ``central_points_per_s[N]`` for N = 1, 2, 3 central writers (``write --from-nats`` processes
+   on one durable consumer): ``--points`` points are published to the stream first (messages of
+   500 lines, as sites send them), then N writers start, and the time until the consumer has
+   nothing pending or unacked gives points/s; every point is counted in InfluxDB (a fresh
+   database per N);
+3. ``nats_publish_ceiling_points_per_s``: nats-py's own ceiling: the same messages a site sends
+   (500 lines each, with ``Nats-Msg-Id``), built beforehand and published with ``publish_async``
+   from one process, all acks awaited;
+4. ``edge_points_per_s``: ``ha-ingestor write`` with ``nats.publish`` draining a site queue of
+   ``--edge-events`` events into JetStream (convert, site tag, publish, wait for the acks, ack
+   the queue), from start until the queue is empty.
+
+Prints one JSON line per run and, with several runs, one line of medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import nats  # noqa: E402
+import yaml  # noqa: E402
+
+from ha_ingestor.config.schema import build_schema  # noqa: E402
+from tests.support import fleet  # noqa: E402
+from tests.support.fixtures_influx import InfluxServer, mixed_events  # noqa: E402
+from tests.support.fixtures_nats import NatsServer  # noqa: E402
+from tests.support.procs import free_port, stop_process  # noqa: E402
+
+SCHEMA = {"mqtt": {"presets": ["zigbee2mqtt"]}}
+MESSAGE_POINTS = 500
+SUBJECT = "ha_ingestor.points.bench"
+
+
+def site_lines(points: int, start_ns: int) -> list[str]:
+    """Realistic points as a site publishes them: converted, with the site tag."""
+    from writer.convert import Converter
+    convert = Converter(build_schema(SCHEMA)).convert
+    out = []
+    for event in mixed_events(points, start_ns):
+        line = convert(event)
+        measurement_end = line.index(" ")
+        out.append(line[:measurement_end] + ",site=bench" + line[measurement_end:])
+    return out
+
+
+def messages(lines: list[str], prefix: str) -> list[tuple[str, bytes]]:
+    return [(f"{prefix}:{i}", "\n".join(lines[i:i + MESSAGE_POINTS]).encode())
+            for i in range(0, len(lines), MESSAGE_POINTS)]
+
+
+async def publish(url: str, msgs: list[tuple[str, bytes]]) -> float:
+    """Publish every message with publish_async and wait for all acks; returns seconds."""
+    nc = await nats.connect(url)
+    js = nc.jetstream(timeout=30, publish_async_max_pending=100_000)
+    began = time.monotonic()
+    futures = [await js.publish_async(SUBJECT, payload, headers={"Nats-Msg-Id": msg_id})
+               for msg_id, payload in msgs]
+    await asyncio.gather(*futures)
+    elapsed = time.monotonic() - began
+    await nc.close()
+    return elapsed
+
+
+def config_file(workdir: Path, name: str, data: dict) -> Path:
+    base = {"mqtt": {"enabled": False}, "homeassistant": {"enabled": False},
+            "metrics": {"enabled": False}, "schema": SCHEMA}
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**base, **data}))
+    return path
+
+
+def start(workdir: Path, config: Path, name: str, *args: str) -> subprocess.Popen:
+    log = open(workdir / f"{name}.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "ha_ingestor", "--config", str(config), *args],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+
+
+def influx_ceiling(server: InfluxServer, lines: list[str], batch_size: int) -> float:
+    from ha_ingestor.config import load_config
+    from writer.sink_v1 import SinkV1
+    server.create_database("ceiling")
+    path = config_file(Path(tempfile.mkdtemp()), "c", {
+        "influxdb": {"url": server.url, "database": "ceiling"}})
+    sink = SinkV1(load_config(path).influxdb)
+    began = time.monotonic()
+    for i in range(0, len(lines), batch_size):
+        sink.write(lines[i:i + batch_size])
+    elapsed = time.monotonic() - began
+    sink.close()
+    return len(lines) / elapsed
+
+
+def central_run(workdir: Path, nats_url: str, server: InfluxServer, lines: list[str],
+                writers: int, batch_size: int) -> float:
+    """N central writers draining ``lines`` (published first) into a fresh database."""
+    db = f"central{writers}"
+    server.create_database(db)
+    config = config_file(workdir, db, {
+        **fleet.central_overrides([nats_url], server.url, db),
+        "influxdb": {"url": server.url, "database": db, "batch_size": batch_size,
+                     "flush_interval": "200ms"}})
+    asyncio.run(publish(nats_url, messages(lines, db)))
+    began = time.monotonic()
+    procs = [start(workdir, config, f"{db}-{i}", "write", "--from-nats")
+             for i in range(writers)]
+    try:
+        while True:
+            time.sleep(0.2)
+            state = fleet.jetstream_state([nats_url])
+            if state["pending"] == 0 and state["ack_pending"] == 0:
+                break
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"a central writer exited; see {workdir}")
+        elapsed = time.monotonic() - began
+    finally:
+        for proc in procs:
+            stop_process(proc, timeout=30)
+    written = server.points_fast(db)
+    if written != len(lines):
+        raise RuntimeError(f"{written} points in InfluxDB, {len(lines)} published")
+    return len(lines) / elapsed
+
+
+def edge_run(workdir: Path, nats_url: str, events: int, start_ns: int) -> float:
+    queue_dir = workdir / "site-queue"
+    fleet.fill(queue_dir, mixed_events(events, start_ns))
+    config = config_file(workdir, "site", {
+        "queue": {"dir": str(queue_dir)},
+        "nats": {"publish": True, "servers": [nats_url], "site": "bench-site"},
+        "influxdb": {"batch_size": 5000}})
+    began = time.monotonic()
+    proc = start(workdir, config, "site", "write")
+    try:
+        while fleet.queued(queue_dir):
+            time.sleep(0.1)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the site's writer exited; see {workdir}/site.log")
+        elapsed = time.monotonic() - began
+    finally:
+        stop_process(proc, timeout=30)
+    return events / elapsed
+
+
+def one_run(args, run: int) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    nats_server = NatsServer(workdir / "nats").start()
+    influx = InfluxServer(workdir / "influxdb").start()
+    load_before = os.getloadavg()[0]
+    try:
+        init = config_file(workdir, "init", {"nats": {"servers": [nats_server.url]}})
+        subprocess.run([sys.executable, "-m", "ha_ingestor", "--config", str(init), "nats",
+                        "init"], check=True, capture_output=True, cwd=workdir)
+        start_ns = time.time_ns() - (run + 2) * 24 * 3600 * 10**9
+        lines = site_lines(args.points, start_ns)
+        result = {"run": run, "points": args.points, "batch_size": args.batch_size,
+                  "influx_ceiling_points_per_s": round(influx_ceiling(influx, lines,
+                                                                      args.batch_size))}
+        result["central_points_per_s"] = {
+            n: round(central_run(workdir, nats_server.url, influx, lines, n, args.batch_size))
+            for n in (1, 2, 3)}
+        msgs = messages(site_lines(args.edge_events, start_ns + 10**15), f"ceiling{run}")
+        result["nats_publish_ceiling_points_per_s"] = round(
+            args.edge_events / asyncio.run(publish(nats_server.url, msgs)))
+        result["edge_points_per_s"] = round(edge_run(workdir, nats_server.url, args.edge_events,
+                                                     start_ns + 2 * 10**15))
+        result["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+        return ratios(result)
+    finally:
+        nats_server.stop()
+        influx.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ratios(result: dict) -> dict:
+    ceiling = result["influx_ceiling_points_per_s"]
+    result["central_vs_influx_ceiling"] = {n: round(v / ceiling, 2)
+                                           for n, v in result["central_points_per_s"].items()}
+    one = result["central_points_per_s"][1]
+    result["central_speedup_vs_1_writer"] = {n: round(v / one, 2)
+                                             for n, v in result["central_points_per_s"].items()}
+    result["edge_vs_nats_ceiling"] = round(result["edge_points_per_s"] /
+                                           result["nats_publish_ceiling_points_per_s"], 2)
+    return result
+
+
+def medians(results: list[dict]) -> dict:
+    def med(get):
+        return round(statistics.median(get(r) for r in results))
+    out = {"median_of_runs": len(results),
+           "influx_ceiling_points_per_s": med(lambda r: r["influx_ceiling_points_per_s"]),
+           "central_points_per_s": {n: med(lambda r: r["central_points_per_s"][n])
+                                    for n in (1, 2, 3)},
+           "nats_publish_ceiling_points_per_s": med(
+               lambda r: r["nats_publish_ceiling_points_per_s"]),
+           "edge_points_per_s": med(lambda r: r["edge_points_per_s"])}
+    return ratios(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--points", type=int, default=600_000)
+    parser.add_argument("--edge-events", type=int, default=300_000)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    args = parser.parse_args()
+    results = []
+    for run in range(1, args.runs + 1):
+        results.append(one_run(args, run))
+        print(json.dumps(results[-1]), flush=True)
+    if len(results) > 1:
+        print(json.dumps(medians(results)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
