@@ -36,6 +36,7 @@ from writer.sinks import AccessDenied, open_sink
 log = logging.getLogger("writer.central")
 
 STATUS_EVERY_S = 5.0
+CONSUMER_CHECK_S = 10.0
 
 
 @dataclass
@@ -76,6 +77,8 @@ class CentralWriter:
         self._status_at = 0.0
         self._written = 0
         self._redelivered = 0      # messages JetStream delivered again (a writer died, ...)
+        self._checked_at = 0.0
+        self._behind: tuple[int, int] | None = None
 
     def ready(self) -> bool:
         return self.delivery.up and self.subscription is not None
@@ -98,6 +101,7 @@ class CentralWriter:
                     pending = None
                 if not batch.messages:
                     self.delivery.ping_when_idle()
+                    self._check_consumer()
                     continue
                 future = executor.submit(self.delivery.deliver_all, batch.lines) \
                     if batch.lines else None
@@ -228,6 +232,34 @@ class CentralWriter:
             self.link.call(function, self.nats.connect_timeout * 2)
         except (TransientError, AccessDenied) as exc:
             log.warning("JetStream %s failed (%s); those messages are delivered again", what, exc)
+
+    def _check_consumer(self) -> None:
+        """When idle, every CONSUMER_CHECK_S: a consumer out of step with its stream (see
+        ``stream.consumer_behind``) twice in a row is moved to another leader."""
+        now = time.monotonic()
+        if now - self._checked_at < CONSUMER_CHECK_S:
+            return
+        self._checked_at = now
+        try:
+            behind = self.link.call(self._consumer_behind, self.nats.connect_timeout * 2)
+        except (TransientError, AccessDenied) as exc:
+            log.debug("consumer check: %s", exc)
+            return
+        if behind is None or behind != self._behind:
+            self._behind = behind
+            return
+        log.error("JetStream's consumer %s has nothing pending although stream %s holds "
+                  "messages up to %d beyond the %d it delivered (its leader's copy of the stream "
+                  "is behind); asking the consumer's leader to step down", self.nats.durable,
+                  self.nats.stream, behind[0], behind[1])
+        self._behind = None
+        self._call_quietly(self._step_down, "leader step-down")
+
+    async def _consumer_behind(self):
+        return await stream.consumer_behind(await self.link.jetstream(), self.nats)
+
+    async def _step_down(self) -> None:
+        await stream.step_down_consumer(await self.link.connection(), self.nats)
 
     def _report_status(self) -> None:
         now = time.monotonic()

@@ -175,3 +175,22 @@ async def _ensure_consumer(js, config: NatsConfig, report: SetupReport) -> None:
     if (current.filter_subject or config.points_subjects) != config.points_subjects:
         report.differences.append(f"{config.durable}: filter subject is "
                                   f"{current.filter_subject} (config: {config.points_subjects})")
+
+
+async def consumer_behind(js, config: NatsConfig) -> tuple[int, int] | None:
+    """(stream's last sequence, consumer's last delivered) when the consumer has nothing
+    pending or unacked although the stream holds newer messages: its leader's copy of the stream
+    is behind the stream's leader (seen with nats-server 2.9 after a whole-cluster restart: the
+    messages would never be delivered). None when it is in step."""
+    stream_info = await js.stream_info(config.stream)
+    consumer = await js.consumer_info(config.stream, config.durable)
+    last, delivered = stream_info.state.last_seq, consumer.delivered.stream_seq
+    if consumer.num_pending == 0 and consumer.num_ack_pending == 0 and last > delivered:
+        return last, delivered
+    return None
+
+
+async def step_down_consumer(nc, config: NatsConfig) -> None:
+    """Ask the consumer's leader to hand over to a replica (one that has the whole stream)."""
+    await nc.request(f"$JS.API.CONSUMER.LEADER.STEPDOWN.{config.stream}.{config.durable}", b"",
+                     timeout=config.connect_timeout)
