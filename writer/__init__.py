@@ -26,7 +26,7 @@ def run(config, stop) -> int:
     sink, target, where = opened
     loop = WriterLoop(config.queue.dir, sink, Converter(config.schema), stop,
                       batch_size=influx.batch_size, flush_interval=influx.flush_interval,
-                      target=target)
+                      move_aside_after=config.queue.move_aside_after, target=target)
     if config.metrics.enabled:
         metrics.serve(config.metrics.host, config.metrics.ports["writer"], ready=loop.ready)
     log.info("writer started: queue %s → %s, batch %d points, flush %.2g s",

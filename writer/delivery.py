@@ -6,7 +6,11 @@ does it (the queue writer and the central writers of a fleet).
   return them with the reason, having written the rest; 413: split;
 - not written (network, 5xx, 429, refused credentials, a missing database): keep the lines and
   retry for ever with the shared backoff (honouring ``Retry-After``); nothing is dropped. A stop
-  request while waiting raises ``Stopping``: the caller keeps its input unacknowledged.
+  request while waiting raises ``Stopping``: the caller keeps its input unacknowledged;
+- an unexpected error from the sink is treated as a rejection, so bisecting finds the line that
+  caused it and the rest is written.
+
+Lines are UTF-8 encoded, one point each, without the newline.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class Delivery:
     def check(self) -> None:
         self.mark_up(self.sink.ping(), from_ping=True)
 
-    def deliver_all(self, lines: list[str], origins: Origins = None) -> list[tuple[int, str]]:
+    def deliver_all(self, lines: list[bytes], origins: Origins = None) -> list[tuple[int, str]]:
         """Write in requests of at most batch_size lines; returns (index, reason) of the lines
         rejected for good."""
         rejected: list[tuple[int, str]] = []
@@ -60,7 +64,7 @@ class Delivery:
                                       origins[start:end] if origins else None, start)
         return rejected
 
-    def _deliver(self, lines: list[str], origins: Origins, offset: int
+    def _deliver(self, lines: list[bytes], origins: Origins, offset: int
                  ) -> list[tuple[int, str]]:
         try:
             self._write_retrying(lines, origins)
@@ -76,7 +80,7 @@ class Delivery:
                 + self._deliver(lines[half:], origins[half:] if origins else None,
                                 offset + half))
 
-    def _write_retrying(self, lines: list[str], origins: Origins) -> None:
+    def _write_retrying(self, lines: list[bytes], origins: Origins) -> None:
         """Write until the sink accepts or rejects the lines; raises Stopping on a stop."""
         while True:
             started = time.monotonic()
@@ -91,6 +95,11 @@ class Delivery:
             except PermanentError:
                 self.mark_up(True)   # the sink answered: it is up
                 raise
+            except Exception as exc:  # noqa: BLE001 - isolated by bisecting, never a crash
+                if len(lines) == 1:
+                    log.exception("unexpected error writing one line; it is a dead letter")
+                raise PermanentError(f"error while writing: {type(exc).__name__}: {exc}"
+                                     ) from None
             metrics.WRITE_LATENCY.observe(time.monotonic() - started)
             self.mark_up(True)
             return

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.errors import EXIT_OK, ConfigError, TransientError
-from ha_ingestor.lifecycle import StopFlag
+from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 from writer.delivery import Delivery, Stopping
 from writer.fleet import stream
 from writer.fleet.dead import DeadLetters
@@ -44,20 +44,20 @@ class Round:
     """Messages taken in one round and their lines; ``owners[i]`` is the message of line i."""
 
     messages: list = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)                 # UTF-8, one per point
     owners: list[int] = field(default_factory=list)
-    dead: list[tuple[int, str, str]] = field(default_factory=list)   # (message, line, reason)
+    dead: list[tuple[int, bytes, str]] = field(default_factory=list)  # (message, line, reason)
 
     def add(self, msg) -> None:
         index = len(self.messages)
         self.messages.append(msg)
         try:
-            text = msg.data.decode("utf-8")
-        except UnicodeDecodeError:
-            self.dead.append((index, msg.data.decode("utf-8", "replace"),
-                              "not UTF-8 line protocol"))
+            msg.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.dead.append((index, msg.data, f"not UTF-8 line protocol ({exc.reason} at byte "
+                                               f"{exc.start})"))
             return
-        for line in text.split("\n"):
+        for line in msg.data.split(b"\n"):
             if line.strip():
                 self.lines.append(line)
                 self.owners.append(index)
@@ -95,6 +95,7 @@ class CentralWriter:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-write")
         try:
             while not self.stop.is_set():
+                HEARTBEAT.tick()
                 batch = self._take_round()
                 if pending is not None:
                     self._complete(*pending)
@@ -205,12 +206,16 @@ class CentralWriter:
 
     def _wait_for(self, batch: Round, future: Future) -> list[tuple[int, str]]:
         """The write's result; while InfluxDB is away the messages stay ours (in progress)."""
+        told = time.monotonic()
         while True:
+            HEARTBEAT.tick()
             try:
-                return future.result(timeout=max(1.0, self.nats.ack_wait / 3))
+                return future.result(timeout=1.0)
             except FutureTimeout:
-                self._call_quietly(lambda: self._each(batch.messages, "in_progress"),
-                                   "in progress")
+                if time.monotonic() - told >= self.nats.ack_wait / 3:
+                    told = time.monotonic()
+                    self._call_quietly(lambda: self._each(batch.messages, "in_progress"),
+                                       "in progress")
 
     def _ack(self, batch: Round) -> None:
         self._call_quietly(lambda: self._each(batch.messages, "ack"), "ack")

@@ -73,7 +73,7 @@ class DeadLetters:
             msg = batch.messages[index]
             site = msg.subject.rsplit(".", 1)[-1]
             msg_id = f"{msg.metadata.sequence.stream}:{number}"
-            await js.publish(self.config.dead_subject(site), line.encode("utf-8"),
+            await js.publish(self.config.dead_subject(site), line,
                              headers={REASON_HEADER: _header_text(reason),
                                       SUBJECT_HEADER: msg.subject, "Nats-Msg-Id": msg_id})
 

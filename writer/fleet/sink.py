@@ -35,28 +35,29 @@ log = logging.getLogger("writer.nats")
 
 HEADER_ROOM = 512                    # bytes kept free of max_payload for subject and headers
 MESSAGE_TOO_LARGE = 10054            # JetStream: message size exceeds maximum allowed
+BACKSLASH = ord("\\")
 
 
-def series_end(line: str) -> int:
+def series_end(line: bytes) -> int:
     """Index of the space that ends the series key (measurement and tags): the first space
     not escaped by a backslash."""
-    index = line.find(" ")
+    index = line.find(b" ")
     while index > 0 and _escaped(line, index):
-        index = line.find(" ", index + 1)
+        index = line.find(b" ", index + 1)
     return index
 
 
-def _escaped(line: str, index: int) -> bool:
+def _escaped(line: bytes, index: int) -> bool:
     slashes = 0
-    while index - slashes - 1 >= 0 and line[index - slashes - 1] == "\\":
+    while index - slashes - 1 >= 0 and line[index - slashes - 1] == BACKSLASH:
         slashes += 1
     return slashes % 2 == 1
 
 
-def has_tag(series: str, key: str) -> bool:
+def has_tag(series: bytes, key: bytes) -> bool:
     """Whether the series key ``measurement,k=v,...`` has tag ``key`` (already escaped)."""
     start = 0
-    needle = "," + key + "="
+    needle = b"," + key + b"="
     while True:
         index = series.find(needle, start)
         if index < 0:
@@ -75,14 +76,14 @@ class NatsSink:
         self.config = config
         self.site = site
         self.subject = config.points_subject(site)
-        self.tag_key = escape_name(config.site_tag)
-        self.tag = f",{self.tag_key}={escape_name(site)}"
+        self.tag_key = escape_name(config.site_tag).encode("utf-8")
+        self.tag = b"," + self.tag_key + b"=" + escape_name(site).encode("utf-8")
         self.link = link or NatsLink(config, f"ha-ingestor site {site}")
         self.url = self.link.servers
         self.duplicates = 0          # re-sent messages JetStream dropped (a crash, a lost ack)
         self.published = 0
 
-    def tagged(self, line: str) -> str:
+    def tagged(self, line: bytes) -> bytes:
         end = series_end(line)
         if end < 0:
             raise PermanentError(f"not a line of line protocol: {line[:200]!r}")
@@ -92,7 +93,7 @@ class NatsSink:
                                  f"tag nats.site_tag adds for the site: rename one of them")
         return series + self.tag + line[end:]
 
-    def write(self, lines: list[str], origins: list[tuple[str, int]] | None = None) -> None:
+    def write(self, lines: list[bytes], origins: list[tuple[str, int]] | None = None) -> None:
         """Publish ``lines``; ``origins[i]`` is (queue item key, position) of line i."""
         if origins is None or len(origins) != len(lines):
             raise ValueError("the NATS sink needs the queue item and position of every line")
@@ -103,7 +104,7 @@ class NatsSink:
             self.link.reset()      # a fresh connection for the re-send: no stale ack waiters
             raise
 
-    async def _publish(self, lines: list[str], origins: list[tuple[str, int]]) -> None:
+    async def _publish(self, lines: list[bytes], origins: list[tuple[str, int]]) -> None:
         js = await self.link.jetstream()
         limit = max(1024, self.link.max_payload() - HEADER_ROOM)
         messages = pack(lines, origins, self.config.message_points, limit)
@@ -164,7 +165,7 @@ class NatsSink:
         self.link.close()
 
 
-def pack(lines: list[str], origins: list[tuple[str, int]], max_points: int, max_bytes: int
+def pack(lines: list[bytes], origins: list[tuple[str, int]], max_points: int, max_bytes: int
          ) -> list[tuple[str, bytes]]:
     """Messages of consecutive lines of one queue item, at most ``max_points`` lines and
     ``max_bytes`` bytes each (a longer single line travels alone, and JetStream refuses it).
@@ -174,8 +175,7 @@ def pack(lines: list[str], origins: list[tuple[str, int]], max_points: int, max_
     chunk: list[bytes] = []
     size = 0
     first = last = None
-    for line, origin in zip(lines, origins):
-        data = line.encode("utf-8")
+    for data, origin in zip(lines, origins):
         if chunk and (origin[0] != first[0] or len(chunk) >= max_points
                       or size + len(data) + 1 > max_bytes):
             messages.append((_msg_id(first, last), b"\n".join(chunk)))
