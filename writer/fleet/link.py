@@ -188,15 +188,24 @@ class NatsLink:
             asyncio.run_coroutine_threadsafe(self._discard(), self._loop).result(10)
 
     def close(self) -> None:
+        """Close the connection and end every task of the loop, then the loop itself."""
         if self.closed:
             return
         self.closed = True
         try:
-            self.reset()
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
         except Exception as exc:  # the process is stopping; log and go on
             log.debug("closing NATS: %s", exc)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+    async def _shutdown(self) -> None:
+        if self._nc is not None:
+            await self._discard()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- classification ---------------------------------------------------------------------
 

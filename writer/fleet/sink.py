@@ -28,7 +28,7 @@ import nats.js.errors
 from ha_ingestor.config.fleet import NatsConfig
 from ha_ingestor.errors import PermanentError, TransientError
 from writer.fleet.link import NatsLink
-from writer.lineprotocol import escape_name
+from writer.lineprotocol import EXACT
 from writer.sinks import AccessDenied
 
 log = logging.getLogger("writer.nats")
@@ -76,8 +76,8 @@ class NatsSink:
         self.config = config
         self.site = site
         self.subject = config.points_subject(site)
-        self.tag_key = escape_name(config.site_tag).encode("utf-8")
-        self.tag = b"," + self.tag_key + b"=" + escape_name(site).encode("utf-8")
+        self.tag_key = EXACT.tag[config.site_tag].encode("utf-8")
+        self.tag = b"," + self.tag_key + b"=" + EXACT.tag[site].encode("utf-8")
         self.link = link or NatsLink(config, f"ha-ingestor site {site}")
         self.url = self.link.servers
         self.duplicates = 0          # re-sent messages JetStream dropped (a crash, a lost ack)
