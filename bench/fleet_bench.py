@@ -7,7 +7,7 @@ data in a temporary folder. Each run measures, in the same run:
 
 1. ``influx_ceiling_points_per_s``: InfluxDB's own ceiling: the points the central writers will
    write (realistic HA and MQTT points with a site tag), built beforehand, posted by one client
-   in batches of ``--batch-size`` through the writer's own v1 sink;
+   in batches of ``--batch-size`` through the writer's own v1 sink (``writer_bench.post_lines``);
 2. ``central_points_per_s[N]`` for N = 1, 2, 3 central writers (``write --from-nats`` processes
    on one durable consumer): ``--points`` points are published to the stream first (messages of
    500 lines, as sites send them), then N writers start, and the time until the consumer has
@@ -44,6 +44,7 @@ import nats  # noqa: E402
 import yaml  # noqa: E402
 
 from ha_ingestor.config.schema import build_schema  # noqa: E402
+from bench.writer_bench import post_lines  # noqa: E402
 from tests.support import fleet  # noqa: E402
 from tests.support.fixtures_influx import InfluxServer, mixed_events  # noqa: E402
 from tests.support.fixtures_nats import NatsServer  # noqa: E402
@@ -54,20 +55,21 @@ MESSAGE_POINTS = 500
 SUBJECT = "ha_ingestor.points.bench"
 
 
-def site_lines(points: int, start_ns: int) -> list[str]:
+def site_lines(points: int, start_ns: int) -> list[bytes]:
     """Realistic points as a site publishes them: converted, with the site tag."""
     from writer.convert import Converter
+    from writer.fleet.sink import series_end
     convert = Converter(build_schema(SCHEMA)).convert
     out = []
     for event in mixed_events(points, start_ns):
-        line = convert(event)
-        measurement_end = line.index(" ")
-        out.append(line[:measurement_end] + ",site=bench" + line[measurement_end:])
+        line = convert(event).encode()
+        end = series_end(line)
+        out.append(line[:end] + b",site=bench" + line[end:])
     return out
 
 
-def messages(lines: list[str], prefix: str) -> list[tuple[str, bytes]]:
-    return [(f"{prefix}:{i}", "\n".join(lines[i:i + MESSAGE_POINTS]).encode())
+def messages(lines: list[bytes], prefix: str) -> list[tuple[str, bytes]]:
+    return [(f"{prefix}:{i}", b"\n".join(lines[i:i + MESSAGE_POINTS]))
             for i in range(0, len(lines), MESSAGE_POINTS)]
 
 
@@ -98,22 +100,7 @@ def start(workdir: Path, config: Path, name: str, *args: str) -> subprocess.Pope
                             stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
 
 
-def influx_ceiling(server: InfluxServer, lines: list[str], batch_size: int) -> float:
-    from ha_ingestor.config import load_config
-    from writer.sink_v1 import SinkV1
-    server.create_database("ceiling")
-    path = config_file(Path(tempfile.mkdtemp()), "c", {
-        "influxdb": {"url": server.url, "database": "ceiling"}})
-    sink = SinkV1(load_config(path).influxdb)
-    began = time.monotonic()
-    for i in range(0, len(lines), batch_size):
-        sink.write(lines[i:i + batch_size])
-    elapsed = time.monotonic() - began
-    sink.close()
-    return len(lines) / elapsed
-
-
-def central_run(workdir: Path, nats_url: str, server: InfluxServer, lines: list[str],
+def central_run(workdir: Path, nats_url: str, server: InfluxServer, lines: list[bytes],
                 writers: int, batch_size: int) -> float:
     """N central writers draining ``lines`` (published first) into a fresh database."""
     db = f"central{writers}"
@@ -176,8 +163,8 @@ def one_run(args, run: int) -> dict:
         start_ns = time.time_ns() - (run + 2) * 24 * 3600 * 10**9
         lines = site_lines(args.points, start_ns)
         result = {"run": run, "points": args.points, "batch_size": args.batch_size,
-                  "influx_ceiling_points_per_s": round(influx_ceiling(influx, lines,
-                                                                      args.batch_size))}
+                  "influx_ceiling_points_per_s": round(post_lines(influx, lines,
+                                                                  args.batch_size))}
         result["central_points_per_s"] = {
             n: round(central_run(workdir, nats_server.url, influx, lines, n, args.batch_size))
             for n in (1, 2, 3)}

@@ -62,11 +62,17 @@ def fill_queues(queue_dir: Path, total: int, start_ns: int) -> float:
 
 def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int) -> float:
     """Points/s for pre-built lines posted through the writer's own v1 sink."""
-    from ha_ingestor.config import load_config
     from writer.convert import Converter
-    from writer.sink_v1 import SinkV1
     convert = Converter(build_schema(SCHEMA)).convert
-    lines = [convert(e).encode() for e in mixed_events(points, start_ns)]
+    return post_lines(server, [convert(e).encode() for e in mixed_events(points, start_ns)],
+                      batch_size)
+
+
+def post_lines(server: InfluxServer, lines: list[bytes], batch_size: int) -> float:
+    """Points/s posting ``lines`` in ``batch_size`` batches to database ``ceiling`` through
+    the writer's own v1 sink (InfluxDB's ceiling for those points)."""
+    from ha_ingestor.config import load_config
+    from writer.sink_v1 import SinkV1
     server.create_database("ceiling")
     config_path = Path(tempfile.mkdtemp()) / "c.yaml"
     config_path.write_text(yaml.safe_dump({"influxdb": {"url": server.url, "database": "ceiling"},

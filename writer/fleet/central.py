@@ -98,7 +98,7 @@ class CentralWriter:
                 HEARTBEAT.tick()
                 batch = self._take_round()
                 if pending is not None:
-                    self._complete(*pending)
+                    self._complete(*pending, held=batch.messages)
                     pending = None
                 if not batch.messages:
                     self.delivery.ping_when_idle()
@@ -136,6 +136,7 @@ class CentralWriter:
                 continue
             for line in report.lines():
                 log.info("JetStream: %s", line)
+            self.setup_backoff.reset()
             return True
         return False
 
@@ -188,9 +189,12 @@ class CentralWriter:
 
     # ---- finishing a round ----------------------------------------------------------------------
 
-    def _complete(self, batch: Round, future: Future | None) -> None:
+    def _complete(self, batch: Round, future: Future | None, held: list = ()) -> None:
+        """Wait for the round's write (``held``: the next round's messages, kept ours
+        meanwhile too); dead letters; ack."""
         try:
-            rejected = self._wait_for(batch, future) if future is not None else []
+            rejected = self._wait_for(batch.messages + list(held), future) \
+                if future is not None else []
         except Stopping:
             self._hand_back(batch)
             return
@@ -204,7 +208,7 @@ class CentralWriter:
         metrics.POINTS_WRITTEN.inc(written)
         self._written += written
 
-    def _wait_for(self, batch: Round, future: Future) -> list[tuple[int, str]]:
+    def _wait_for(self, messages: list, future: Future) -> list[tuple[int, str]]:
         """The write's result; while InfluxDB is away the messages stay ours (in progress)."""
         told = time.monotonic()
         while True:
@@ -214,7 +218,7 @@ class CentralWriter:
             except FutureTimeout:
                 if time.monotonic() - told >= self.nats.ack_wait / 3:
                     told = time.monotonic()
-                    self._call_quietly(lambda: self._each(batch.messages, "in_progress"),
+                    self._call_quietly(lambda: self._each(messages, "in_progress"),
                                        "in progress")
 
     def _ack(self, batch: Round) -> None:
