@@ -10,9 +10,9 @@
 # It installs packages and nothing else: it never stops, starts, enables or disables a system
 # service. On a host that runs its own Mosquitto, InfluxDB or NATS server (say, the one Home
 # Assistant uses) those keep running untouched; the tests start their own servers on free
-# loopback ports. Note that on a host without them, Debian's mosquitto and influxdb packages start
-# their own service when first installed (that is the package's doing; remove or disable it
-# yourself if unwanted).
+# loopback ports. Note that on a host without them, Debian's mosquitto, influxdb and nats-server
+# packages start their own service when first installed (that is the package's doing; nats-server's
+# listens on 127.0.0.1:4222; remove or disable it yourself if unwanted).
 set -euo pipefail
 
 packages=(mosquitto mosquitto-clients influxdb victoria-metrics nats-server openssl python3-venv)
