@@ -9,16 +9,20 @@ data in a temporary folder. Each run measures, in the same run:
    write (realistic HA and MQTT points with a site tag), built beforehand, posted by one client
    in batches of ``--batch-size`` through the writer's own v1 sink (``writer_bench.post_lines``);
 2. ``central_points_per_s[N]`` for N = 1, 2, 3 central writers (``write --from-nats`` processes
-   on one durable consumer): ``--points`` points are published to the stream first (messages of
-   500 lines, as sites send them), then N writers start, and the time until the consumer has
-   nothing pending or unacked gives points/s; every point is counted in InfluxDB (a fresh
-   database per N);
+   on one durable consumer): N writers start and subscribe, then ``--points`` points are
+   published to the stream (messages of 500 lines, as sites send them), and the time from the
+   first publish until the consumer has nothing pending or unacked gives points/s (the
+   processes' start-up is not counted); every point is counted in InfluxDB (a fresh database
+   per N);
 3. ``nats_publish_ceiling_points_per_s``: nats-py's own ceiling: the same messages a site sends
    (500 lines each, with ``Nats-Msg-Id``), built beforehand and published with ``publish_async``
    from one process, all acks awaited;
 4. ``edge_points_per_s``: ``ha-ingestor write`` with ``nats.publish`` draining a site queue of
    ``--edge-events`` events into JetStream (convert, site tag, publish, wait for the acks, ack
-   the queue), from start until the queue is empty.
+   the queue), from its first acknowledged queue item until the queue is empty;
+5. ``direct_points_per_s``: the same queue drained by ``ha-ingestor write`` into InfluxDB (one
+   home's path, no NATS), measured the same way: what one writer process converts, the bound of
+   both.
 
 Prints one JSON line per run and, with several runs, one line of medians.
 """
@@ -102,25 +106,27 @@ def start(workdir: Path, config: Path, name: str, *args: str) -> subprocess.Pope
 
 def central_run(workdir: Path, nats_url: str, server: InfluxServer, lines: list[bytes],
                 writers: int, batch_size: int) -> float:
-    """N central writers draining ``lines`` (published first) into a fresh database."""
+    """N central writers, subscribed first, draining ``lines`` into a fresh database."""
     db = f"central{writers}"
     server.create_database(db)
     config = config_file(workdir, db, {
         **fleet.central_overrides([nats_url], server.url, db),
         "influxdb": {"url": server.url, "database": db, "batch_size": batch_size,
                      "flush_interval": "200ms"}})
-    asyncio.run(publish(nats_url, messages(lines, db)))
-    began = time.monotonic()
+    msgs = messages(lines, db)
     procs = [start(workdir, config, f"{db}-{i}", "write", "--from-nats")
              for i in range(writers)]
     try:
+        wait_subscribed(workdir, db, procs)
+        began = time.monotonic()
+        asyncio.run(publish(nats_url, msgs))
         while True:
-            time.sleep(0.2)
             state = fleet.jetstream_state([nats_url])
             if state["pending"] == 0 and state["ack_pending"] == 0:
                 break
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"a central writer exited; see {workdir}")
+            time.sleep(0.2)
         elapsed = time.monotonic() - began
     finally:
         for proc in procs:
@@ -131,24 +137,40 @@ def central_run(workdir: Path, nats_url: str, server: InfluxServer, lines: list[
     return len(lines) / elapsed
 
 
-def edge_run(workdir: Path, nats_url: str, events: int, start_ns: int) -> float:
-    queue_dir = workdir / "site-queue"
+def wait_subscribed(workdir: Path, name: str, procs: list[subprocess.Popen]) -> None:
+    """Until every central writer logged its JetStream set-up (its pull subscription is bound)."""
+    deadline = time.monotonic() + 120
+    logs = [workdir / f"{name}-{i}.log" for i in range(len(procs))]
+    while not all(log.exists() and "JetStream: found durable consumer" in
+                  log.read_text(errors="replace") for log in logs):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"the central writers did not subscribe; see {workdir}")
+        time.sleep(0.1)
+
+
+def drain_run(workdir: Path, name: str, events: int, start_ns: int, output: dict) -> float:
+    """``ha-ingestor write`` draining a queue of ``events`` events to ``output`` (config);
+    points/s from its first acknowledged queue item until the queue is empty (the process's
+    start-up and the site's first round are not counted)."""
+    queue_dir = workdir / f"{name}-queue"
     fleet.fill(queue_dir, mixed_events(events, start_ns))
-    config = config_file(workdir, "site", {
-        "queue": {"dir": str(queue_dir)},
-        "nats": {"publish": True, "servers": [nats_url], "site": "bench-site"},
-        "influxdb": {"batch_size": 5000}})
-    began = time.monotonic()
-    proc = start(workdir, config, "site", "write")
+    config = config_file(workdir, name, {"queue": {"dir": str(queue_dir)}, **output})
+    proc = start(workdir, config, name, "write")
+    first: tuple[float, int] | None = None
     try:
-        while fleet.queued(queue_dir):
-            time.sleep(0.1)
+        while True:
+            left = fleet.queued(queue_dir)
+            if first is None and left < events:
+                first = (time.monotonic(), left)
+            if left == 0:
+                break
             if proc.poll() is not None:
-                raise RuntimeError(f"the site's writer exited; see {workdir}/site.log")
-        elapsed = time.monotonic() - began
+                raise RuntimeError(f"the writer exited; see {workdir}/{name}.log")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - first[0]
     finally:
         stop_process(proc, timeout=30)
-    return events / elapsed
+    return first[1] / elapsed
 
 
 def one_run(args, run: int) -> dict:
@@ -171,8 +193,18 @@ def one_run(args, run: int) -> dict:
         msgs = messages(site_lines(args.edge_events, start_ns + 10**15), f"ceiling{run}")
         result["nats_publish_ceiling_points_per_s"] = round(
             args.edge_events / asyncio.run(publish(nats_server.url, msgs)))
-        result["edge_points_per_s"] = round(edge_run(workdir, nats_server.url, args.edge_events,
-                                                     start_ns + 2 * 10**15))
+        result["edge_points_per_s"] = round(drain_run(
+            workdir, "site", args.edge_events, start_ns + 2 * 10**15,
+            {"nats": {"publish": True, "servers": [nats_server.url], "site": "bench-site"},
+             "influxdb": {"batch_size": args.batch_size}}))
+        influx.create_database("direct")
+        result["direct_points_per_s"] = round(drain_run(
+            workdir, "direct", args.edge_events, start_ns + 3 * 10**15,
+            {"influxdb": {"url": influx.url, "database": "direct",
+                          "batch_size": args.batch_size}}))
+        written = influx.points_fast("direct")
+        if written != args.edge_events:
+            raise RuntimeError(f"{written} points in InfluxDB, {args.edge_events} queued")
         result["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         return ratios(result)
     finally:
@@ -190,7 +222,9 @@ def ratios(result: dict) -> dict:
     result["central_speedup_vs_1_writer"] = {n: round(v / one, 2)
                                              for n, v in result["central_points_per_s"].items()}
     result["edge_vs_nats_ceiling"] = round(result["edge_points_per_s"] /
-                                           result["nats_publish_ceiling_points_per_s"], 2)
+                                           result["nats_publish_ceiling_points_per_s"], 3)
+    result["edge_vs_direct_writer"] = round(result["edge_points_per_s"] /
+                                            result["direct_points_per_s"], 2)
     return result
 
 
@@ -203,7 +237,8 @@ def medians(results: list[dict]) -> dict:
                                     for n in (1, 2, 3)},
            "nats_publish_ceiling_points_per_s": med(
                lambda r: r["nats_publish_ceiling_points_per_s"]),
-           "edge_points_per_s": med(lambda r: r["edge_points_per_s"])}
+           "edge_points_per_s": med(lambda r: r["edge_points_per_s"]),
+           "direct_points_per_s": med(lambda r: r["direct_points_per_s"])}
     return ratios(out)
 
 
