@@ -183,7 +183,8 @@ def _duration_min(minimum):
 
 
 TLS_KEYS = [
-    Key("enabled", v.as_bool, False, "Use TLS (implied by an https:// or wss:// URL)."),
+    Key("enabled", v.as_bool, False,
+        "Use TLS (implied by an https://, wss:// or, for NATS, tls:// URL)."),
     Key("ca_file", v.as_file, None, "CA certificate file (PEM) to verify the server."),
     Key("cert_file", v.as_file, None, "Client certificate file (PEM), for mutual TLS."),
     Key("key_file", v.as_file, None, "Client private key file (PEM), for mutual TLS."),
