@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 FUZZ_EXAMPLES ?= 50000
 
-.PHONY: help system-deps venv ha-venvs test images addon demo chaos fuzz fleet bench clean
+.PHONY: help system-deps venv ha-venvs test images addon demo chaos fuzz catchup fleet bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
@@ -18,6 +18,7 @@ help:
 	@echo "make addon   - put the ha-ingestor wheel into the add-on folder, to install it locally"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
 	@echo "make fuzz    - the property-based suites at length (50 000 examples a boundary, random seed)"
+	@echo "make catchup - the HA catch-up tests at full length (4-minute collector outages)"
 	@echo "make fleet   - the full fleet run: 20 sites through a JetStream cluster, with faults"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
 	@echo "make ha-venvs - install the Home Assistant venvs now (the tests do on first use)"
@@ -57,7 +58,7 @@ chaos: system-deps venv
 	$(PY) -m tests.chaos --profile full $(ARGS)
 
 # 20 sites → a three-node JetStream cluster → 2 central writers → InfluxDB, with 60 s outages
-# (about 10 minutes); make test runs the same at a smaller scale.
+# (about 5 minutes); make test runs the same at a smaller scale.
 fleet: system-deps venv
 	$(PY) -m tests.fleet --profile full $(ARGS)
 
@@ -69,10 +70,15 @@ fuzz: system-deps venv
 		-o timeout=14400 $(PYTEST_ARGS) || { echo "make fuzz: failed with seed $$seed"; exit 1; }; \
 	echo "make fuzz: passed with seed $$seed"
 
+catchup: system-deps venv
+	HA_CATCHUP_GAP_S=240 HA_CATCHUP_HANDOFF=10000 $(PY) -m pytest -q -s -ra \
+		tests/test_ha_catchup.py $(PYTEST_ARGS)
+
 bench: system-deps venv
 	$(PY) bench/queue_bench.py
 	$(PY) bench/mqtt_bench.py
 	$(PY) bench/ha_bench.py
+	$(PY) bench/ha_catchup_bench.py
 	$(PY) bench/writer_bench.py
 	$(PY) bench/e2e_bench.py
 	$(PY) bench/fleet_bench.py
