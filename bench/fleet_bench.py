@@ -186,7 +186,7 @@ def one_run(args, run: int) -> dict:
         lines = site_lines(args.points, start_ns)
         result = {"run": run, "points": args.points, "batch_size": args.batch_size,
                   "influx_ceiling_points_per_s": round(post_lines(influx, lines,
-                                                                  args.batch_size))}
+                                                                  args.batch_size)[0])}
         result["central_points_per_s"] = {
             n: round(central_run(workdir, nats_server.url, influx, lines, n, args.batch_size))
             for n in (1, 2, 3)}

@@ -1,6 +1,7 @@
 """A site named after its Home Assistant: without ``nats.site`` the site's writer waits for the HA
 collector to record HA's name (``location_name``, "Test Home" in the test HA's configuration),
-then tags every point with it. A real Home Assistant, nats-server and InfluxDB 1.6.7.
+then tags every point with it. Meanwhile the writer already holds the queue files: a second
+writer on the same queue exits 4 at once. A real Home Assistant, nats-server and InfluxDB 1.6.7.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ pytestmark = [pytest.mark.realha, pytest.mark.slow]
 HA_NAME = "Test Home"            # homeassistant: name: in tests/support/real_ha.py
 
 
-def test_a_site_is_named_after_home_assistant(ingestor, nats_server, influxdb, real_ha):
+def test_a_site_is_named_after_home_assistant_and_its_writer_holds_the_queue(
+        ingestor, nats_server, influxdb, real_ha):
     influxdb.create_database(fleet.DB)
     central = ingestor(fleet.central_overrides([nats_server.url], influxdb.url), name="central")
     assert central.run("nats", "init").returncode == 0
@@ -29,6 +31,9 @@ def test_a_site_is_named_after_home_assistant(ingestor, nats_server, influxdb, r
     log = site.log_path("writer")
     wait_until(lambda: "waiting for the HA collector to record Home Assistant's name"
                in log.read_text(), 60, "the site's writer waiting for HA's name")
+    second = site.run("write", timeout=60)
+    assert second.returncode == 4, second.stderr
+    assert "already used by the writer" in second.stderr + second.stdout
     assert writer.poll() is None, tail(log)
 
     site.start("collect", "ha", log="ha")

@@ -20,13 +20,20 @@ def run(config, stop) -> int:
     from writer.loop import WriterLoop
 
     influx = config.influxdb
-    opened = _open_output(config, stop)
-    if opened is None:
-        return EXIT_OK              # stopped before the site's name was known
-    sink, target, where = opened
-    loop = WriterLoop(config.queue.dir, sink, Converter(config.schema), stop,
-                      batch_size=influx.batch_size, flush_interval=influx.flush_interval,
-                      move_aside_after=config.queue.move_aside_after, target=target)
+    claims = _claim_queues(config.queue.dir)   # held while a site waits for its name too
+    try:
+        opened = _open_output(config, stop)
+        if opened is None:
+            return EXIT_OK              # stopped before the site's name was known
+        sink, target, where = opened
+        loop = WriterLoop(config.queue.dir, sink, Converter(config.schema), stop,
+                          batch_size=influx.batch_size, flush_interval=influx.flush_interval,
+                          converter_process={"yes": True, "no": False}.get(
+                              influx.converter_process),
+                          move_aside_after=config.queue.move_aside_after, target=target)
+    finally:
+        for claim in claims:            # the loop holds them now (counted per process)
+            claim.release()
     if config.metrics.enabled:
         metrics.serve(config.metrics.host, config.metrics.ports["writer"], ready=loop.ready)
     log.info("writer started: queue %s → %s, batch %d points, flush %.2g s",
@@ -34,6 +41,13 @@ def run(config, stop) -> int:
     loop.run()
     log.info("writer stopped")
     return EXIT_OK
+
+
+def _claim_queues(queue_dir) -> list:
+    """The writer's role on every queue file: a second writer exits 4 at once."""
+    from ha_ingestor.envelope import SOURCES
+    from ha_ingestor.queue import CONSUMER, hold_role
+    return [hold_role(queue_dir, source, CONSUMER, "the writer") for source in SOURCES]
 
 
 def _open_output(config, stop):

@@ -20,7 +20,7 @@ import time
 
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
-from ha_ingestor.errors import PermanentError, TransientError
+from ha_ingestor.errors import PermanentError, Stopping, TransientError
 from ha_ingestor.lifecycle import StopFlag
 from writer.sinks import AccessDenied, Sink, TooLarge
 
@@ -30,10 +30,6 @@ ACCESS_BACKOFF = dict(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
 PING_EVERY_S = 5.0
 
 Origins = list[tuple[str, int]] | None
-
-
-class Stopping(Exception):
-    """A stop was requested while a batch could not be written; it stays where it came from."""
 
 
 class Delivery:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
-from ha_ingestor.errors import EXIT_OK, ConfigError, TransientError
+from ha_ingestor.errors import EXIT_OK, ConfigError, Stopping, TransientError
 from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
-from writer.delivery import Delivery, Stopping
+from writer.delivery import Delivery
 from writer.fleet import stream
 from writer.fleet.dead import DeadLetters
 from writer.fleet.link import NatsLink
