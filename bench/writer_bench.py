@@ -10,7 +10,7 @@ events, zigbee2mqtt JSON and plain MQTT values; one point each), then in the sam
    beforehand, posted by one client in ``--batch-size`` batches (gzip, like the writer);
 2. ``drain_points_per_s``: ``ha-ingestor write`` as its own process, from start until both
    queues are empty, all points verified in InfluxDB (``--converter-process``: the writer's
-   ``influxdb.converter_process``, ``auto`` by default);
+   ``influxdb.converter_process``, ``no`` by default);
 3. ``rss_mb_at_1m_backlog``: the writer's peak resident memory (VmHWM) during that drain, and
    ``converter_rss_mb`` the converter process's, when there is one;
 4. ``cost_us_per_event``: the CPU time (``process_time``, so a busy machine inflates it less than
@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--ceiling-points", type=int, default=200_000)
     parser.add_argument("--breakdown-events", type=int, default=100_000)
-    parser.add_argument("--converter-process", choices=("auto", "yes", "no"), default="auto",
+    parser.add_argument("--converter-process", choices=("auto", "yes", "no"), default="no",
                         help="the writer's influxdb.converter_process")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary folder (queue files, InfluxDB data, writer.log)")

@@ -270,10 +270,12 @@ INFLUX_KEYS = [
     Key("flush_interval", _duration_min(0.001), "1s", "Write a partial batch after this long."),
     Key("timeout", _duration_min(0.1), "10s", "Timeout of one write request."),
     Key("gzip", v.as_bool, True, "Compress write requests."),
-    Key("converter_process", _choice("auto", "yes", "no"), "auto", "Convert events to "
-        "line protocol in a process of its own beside the writer, so that a backlog drains on "
-        "two cores (about 1.5x the points/s, about 20 MB more memory). `auto`: when the writer "
-        "may run on more than one CPU."),
+    Key("converter_process", _choice("auto", "yes", "no"), "no", "Convert events to "
+        "line protocol in a process of its own beside the writer (`yes`; about 40 MB more "
+        "memory). On two cores shared with InfluxDB it drained no faster than converting in the "
+        "writer itself (docs/benchmarks.md), so it is off by default; it can help where InfluxDB "
+        "runs elsewhere and the writer has two CPUs. `auto`: when the writer may run on more "
+        "than one CPU."),
 ]
 
 METRICS_KEYS = [
