@@ -42,6 +42,10 @@ KIND_BACKFILL = "backfill"
 KIND_RESYNC = "resync"
 HA_KINDS = (KIND_LIVE, KIND_BACKFILL, KIND_RESYNC)
 
+# HA's name (its location_name), kept by the HA collector in ha.db's meta table: the default name
+# of a fleet site (nats.site).
+HA_NAME_META_KEY = "ha.location_name"
+
 
 def now_ns() -> int:
     return time.time_ns()
