@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 FUZZ_EXAMPLES ?= 50000
 
-.PHONY: help system-deps venv ha-venvs test images addon demo chaos fuzz catchup bench clean
+.PHONY: help system-deps venv ha-venvs test images addon demo chaos fuzz catchup fleet bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
@@ -19,6 +19,7 @@ help:
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
 	@echo "make fuzz    - the property-based suites at length (50 000 examples a boundary, random seed)"
 	@echo "make catchup - the HA catch-up tests at full length (4-minute collector outages)"
+	@echo "make fleet   - the full fleet run: 20 sites through a JetStream cluster, with faults"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
 	@echo "make ha-venvs - install the Home Assistant venvs now (the tests do on first use)"
 
@@ -56,6 +57,11 @@ demo: system-deps venv
 chaos: system-deps venv
 	$(PY) -m tests.chaos --profile full $(ARGS)
 
+# 20 sites → a three-node JetStream cluster → 2 central writers → InfluxDB, with 60 s outages
+# (about 5 minutes); make test runs the same at a smaller scale.
+fleet: system-deps venv
+	$(PY) -m tests.fleet --profile full $(ARGS)
+
 # FUZZ_SEED=<n> draws the same examples again (a failure report names its seed).
 fuzz: system-deps venv
 	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
@@ -76,6 +82,7 @@ bench: system-deps venv
 	$(PY) bench/writer_bench.py
 	$(PY) bench/import_bench.py
 	$(PY) bench/e2e_bench.py
+	$(PY) bench/fleet_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .demo

@@ -74,11 +74,19 @@ def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int
             ) -> tuple[float, dict]:
     """Points/s for pre-built lines posted through the writer's own v1 sink, and the CPU µs per
     point of influxd and of this client."""
-    from ha_ingestor.config import load_config
     from writer.convert import Converter
-    from writer.sink_v1 import SinkV1
     convert = Converter(build_schema(SCHEMA)).convert
-    lines = [convert(e).encode() for e in mixed_events(points, start_ns)]
+    return post_lines(server, [convert(e).encode() for e in mixed_events(points, start_ns)],
+                      batch_size)
+
+
+def post_lines(server: InfluxServer, lines: list[bytes], batch_size: int
+               ) -> tuple[float, dict]:
+    """Points/s posting ``lines`` in ``batch_size`` batches to database ``ceiling`` through
+    the writer's own v1 sink (InfluxDB's ceiling for those points), and the CPU µs per point of
+    influxd and of this client."""
+    from ha_ingestor.config import load_config
+    from writer.sink_v1 import SinkV1
     server.create_database("ceiling")
     config_path = Path(tempfile.mkdtemp()) / "c.yaml"
     config_path.write_text(yaml.safe_dump({"influxdb": {"url": server.url, "database": "ceiling"},

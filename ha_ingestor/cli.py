@@ -25,7 +25,8 @@ from ha_ingestor.logs import FORMATS, LEVELS, setup_logging
 
 log = logging.getLogger("ha_ingestor")
 
-ENTRY_POINTS = {"mqtt": "collectors.mqtt", "ha": "collectors.homeassistant", "writer": "writer"}
+ENTRY_POINTS = {"mqtt": "collectors.mqtt", "ha": "collectors.homeassistant", "writer": "writer",
+                "central": "writer.fleet.central"}
 EXIT_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
 
 
@@ -115,10 +116,13 @@ def collect_ha(ctx: Context) -> None:
 
 
 @cli.command("write")
+@click.option("--from-nats", "from_nats", is_flag=True,
+              help="Run a central writer of a fleet: NATS JetStream (the nats: section) → "
+                   "InfluxDB. Run several to share the load.")
 @click.pass_obj
-def write(ctx: Context) -> None:
-    """Run the writer: queue files → InfluxDB."""
-    _run_component(ctx, "writer")
+def write(ctx: Context, from_nats: bool) -> None:
+    """Run the writer: queue files → InfluxDB (or, with nats.publish, → NATS JetStream)."""
+    _run_component(ctx, "central" if from_nats else "writer")
 
 
 @cli.command("run")
@@ -169,6 +173,78 @@ def config_show(ctx: Context, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+# ---- nats ---------------------------------------------------------------------------------
+
+@cli.group("nats")
+def nats_group() -> None:
+    """Fleets through NATS JetStream: set up and inspect the streams (docs/fleet.md).
+    Exit codes: 1 NATS unreachable, 2 bad config, 3 credentials refused."""
+
+
+@nats_group.command("init")
+@click.option("--update", is_flag=True, help="Apply the config to streams that exist (where "
+                                             "JetStream allows a change).")
+@click.pass_obj
+def nats_init(ctx: Context, update: bool) -> None:
+    """Create the points stream, the dead-letter stream and the central writers' durable
+    consumer from the nats: section; report what exists already and how it differs."""
+    from writer.fleet import commands
+    for line in commands.init(ctx.config, update):
+        click.echo(line)
+
+
+@nats_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object for monitoring scripts.")
+@click.pass_obj
+def nats_status(ctx: Context, as_json: bool) -> None:
+    """Messages in the stream, pending for the central writers, dead letters."""
+    from writer.fleet import commands
+    status = commands.status(ctx.config)
+    if as_json:
+        click.echo(json.dumps(status))
+        return
+    nats = ctx.config.nats
+    if status["stream"] is None:
+        click.echo(f"stream {nats.stream} does not exist: run ha-ingestor nats init")
+        return
+    st, consumer = status["stream"], status["consumer"]
+    click.echo(f"stream {st['name']}: {st['messages']} messages, {_size(st['bytes'])}, "
+               f"replicas {st['replicas']}, leader {st['leader'] or '-'}")
+    if consumer is None:
+        click.echo(f"consumer {nats.durable} does not exist: run ha-ingestor nats init")
+        return
+    click.echo(f"consumer {consumer['name']}: {consumer['pending']} pending, "
+               f"{consumer['ack_pending']} taken and not acked, {consumer['redelivered']} "
+               f"redelivered, {consumer['waiting']} writers waiting")
+    click.echo(f"dead letters: {status['dead_letters']}")
+
+
+@nats_group.command("dead")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines.")
+@click.option("-n", "--limit", default=None, type=click.IntRange(1), help="At most this many.")
+@click.pass_obj
+def nats_dead(ctx: Context, as_json: bool, limit: int | None) -> None:
+    """List the points InfluxDB rejected at the central writers, with the reason."""
+    from writer.fleet import commands
+    letters = commands.list_dead(ctx.config, limit)
+    for letter in letters:
+        click.echo(json.dumps(letter) if as_json else
+                   f"#{letter['seq']} site {letter['site']}: {letter['reason']}\n"
+                   f"    {letter['line'][:300]}")
+    if not as_json:
+        click.echo(f"{len(letters)} dead letter(s)")
+
+
+@nats_group.command("requeue-dead")
+@click.option("--seq", "seqs", multiple=True, type=int, help="Only these (repeat).")
+@click.pass_obj
+def nats_requeue_dead(ctx: Context, seqs: tuple[int, ...]) -> None:
+    """Publish dead letters back to their site's subject (after fixing what rejected them)."""
+    from writer.fleet import commands
+    count = commands.requeue_dead(ctx.config, set(seqs) or None)
+    click.echo(f"requeued {count} dead letter(s)")
 
 
 # ---- queue --------------------------------------------------------------------------------

@@ -54,6 +54,10 @@ KIND_IMPORT = "import"              # a state change read from HA's recorder by 
 KIND_STATISTICS = "statistics"      # one long-term statistics row (`import statistics`)
 HA_KINDS = (KIND_LIVE, KIND_BACKFILL, KIND_RESYNC, KIND_IMPORT)
 
+# HA's name (its location_name), kept by the HA collector in ha.db's meta table: the default name
+# of a fleet site (nats.site).
+HA_NAME_META_KEY = "ha.location_name"
+
 
 def now_ns() -> int:
     return time.time_ns()

@@ -19,7 +19,7 @@ EXIT_CODES = {
     EXIT_OK: "clean stop",
     EXIT_FAILURE: "unexpected error (see the log); safe to restart",
     EXIT_CONFIG: "bad configuration or usage; fix the config before restarting",
-    EXIT_AUTH: "authentication refused by the MQTT broker or Home Assistant (the writer retries InfluxDB credentials instead, without losing anything)",
+    EXIT_AUTH: "authentication refused by the MQTT broker, Home Assistant or NATS (a `nats` command); the writers retry InfluxDB and NATS credentials instead, without losing anything",
     EXIT_QUEUE: "a queue file cannot be opened (corrupt, no permission) or another process "
                 "already has its role (a second writer or collector)",
     EXIT_MISSING: "verify: state changes HA's recorder holds are missing from InfluxDB",

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.fixtures_influx",
     "tests.support.fixtures_homeassistant",
     "tests.support.fixtures_ingestor",
+    "tests.support.fixtures_nats",
 ]

@@ -108,7 +108,8 @@ def test_defaults_and_types(tmp_path):
     assert config.queue.batch_interval == 0.05
     assert config.mqtt.topics == ("#",) and config.mqtt.qos == 1
     assert config.influxdb.flush_interval == 1.0 and config.influxdb.api == "v1"
-    assert config.metrics.ports == {"run": 9100, "mqtt": 9101, "ha": 9102, "writer": 9103}
+    assert config.metrics.ports == {"run": 9100, "mqtt": 9101, "ha": 9102, "writer": 9103,
+                                    "central": 9104}
     with pytest.raises(Exception):
         config.mqtt.port = 1                      # frozen
 

@@ -21,8 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "install-system-deps.sh"
 SERVICE_TOOLS = ("systemctl", "service", "invoke-rc.d", "deb-systemd-invoke")
-BASE_PACKAGES = {"mosquitto", "mosquitto-clients", "influxdb", "victoria-metrics", "openssl",
-                 "python3-venv"}
+BASE_PACKAGES = {"mosquitto", "mosquitto-clients", "influxdb", "victoria-metrics", "nats-server",
+                 "openssl", "python3-venv"}
 IMAGE_PACKAGES = {"podman", "runc", "debootstrap"}
 
 

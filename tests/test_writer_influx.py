@@ -14,37 +14,12 @@ import pytest
 
 from ha_ingestor import queue
 from tests.support.fixtures_influx import ha_state_event, mixed_events
+from tests.support.fleet import fill, pending
 from tests.support.procs import kill_process, stop_process, tail, wait_until
 
 pytestmark = pytest.mark.slow
 
 DB = "home"
-
-
-def fill(queue_dir, events, per_item=1000):
-    """Append events the way the collectors do: one item per batch, per source."""
-    producers = {}
-    for start in range(0, len(events), per_item):
-        chunk = events[start:start + per_item]
-        for source in ("ha", "mqtt"):
-            part = [e for e in chunk if e["src"] == source]
-            if part:
-                if source not in producers:
-                    producers[source] = queue.Producer(queue_dir, source, 2**31)
-                producers[source].append(part)
-    for producer in producers.values():
-        producer.close()
-
-
-def pending(queue_dir):
-    """(ready + in flight, dead) events over both queue files."""
-    waiting = dead = 0
-    for source in ("ha", "mqtt"):
-        status = queue.read_status(queue_dir, source)
-        if status:
-            waiting += status.ready + status.in_flight
-            dead += status.dead
-    return waiting, dead
 
 
 def influx_v1(server, **extra):

@@ -1,8 +1,9 @@
-"""The writer loop: queue files → points → InfluxDB, acking only what InfluxDB accepted.
+"""The writer loop: queue files → points → InfluxDB (or, at a fleet's site, NATS JetStream),
+acking only what the sink accepted.
 
 One round: take up to ``influxdb.batch_size`` events fairly from every queue file (waiting at most
 ``influxdb.flush_interval`` for a batch to fill), convert them, write the lines, then store dead
-letters and ack the queue items. A write has three outcomes:
+letters and ack the queue items. A write (``writer.delivery``) has three outcomes:
 
 - accepted: ack;
 - some lines rejected (400/422): bisect the batch down to the rejected lines, write the rest,
@@ -23,21 +24,23 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ha_ingestor import metrics
-from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import IMPORT
-from ha_ingestor.errors import DiskFull, PermanentError, Stopping, TransientError
+from ha_ingestor.errors import DiskFull, Stopping
 from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
+from ha_ingestor.queue import Consumer
 from writer.conversion import InlineConversion, ProcessConversion, separate_process_helps
 from writer.convert import Converter
 from writer.crashguard import CrashGuard
+from writer.delivery import Delivery
 from writer.queues import WriterQueues
-from writer.sinks import AccessDenied, Sink, TooLarge
+from writer.sinks import Sink
 
 log = logging.getLogger("writer")
 
@@ -46,7 +49,7 @@ STATUS_EVERY_S = 5.0        # queue gauges and the progress line
 WRITE_WAIT_SLICE_S = 1.0    # how often the heartbeat ticks while a write is retried
 IMPORT_ROUND_EVENTS = 1000  # import events in one round (docs/import.md, "Live data first")
 BEHIND_THRESHOLD = 20_000   # events waiting before the progress line appears
-ACCESS_BACKOFF = dict(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
+QUEUE_IDENTITY_KEY = "writer.queue_identity"
 
 
 @dataclass
@@ -71,7 +74,7 @@ class Round:
 class WriterLoop:
     def __init__(self, queue_dir: Path, sink: Sink, converter: Converter, stop: StopFlag,
                  batch_size: int, flush_interval: float, move_aside_after: int = 3,
-                 converter_process: bool | None = None):
+                 converter_process: bool | None = None, target: str = "InfluxDB"):
         self.guard = CrashGuard(move_aside_after)
         self.queues = WriterQueues(queue_dir, stop, self.guard.opened)   # exit 4: another writer
         self.sink = sink
@@ -84,30 +87,25 @@ class WriterLoop:
                                   else converter_process)
         self.conversion: InlineConversion | ProcessConversion = InlineConversion(converter,
                                                                                  self._mark)
-        self.backoff = Backoff(base=0.5, factor=2.0, cap=10.0)   # an outage ends: resume soon
-        self.access_backoff = Backoff(**ACCESS_BACKOFF)
-        self.influx_ok = False
+        self.delivery = Delivery(sink, stop, batch_size, target)
+        self.wants_origins = getattr(sink, "wants_origins", False)
+        self.item_prefix: dict[str, str] = {}          # source -> queue file identity.source
         self.queue_ok = True
         self._next_source = 0
         self._importing = False          # the last look at the import queue found events
         self._status_at = 0.0
         self._points_since_status = 0
-        self._failing_since: float | None = None
-        self._pinged_at = time.monotonic()
-        self.sink_url = getattr(getattr(sink, "config", None), "url", "?")
 
     # ---- life cycle -----------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return self.influx_ok and self.queue_ok and not self.queues.disk_full
+        return self.delivery.up and self.queue_ok and not self.queues.disk_full
 
     def run(self) -> None:
         """Until a stop is requested: take and convert a batch while the previous one is being
         written (one write in flight, acked in order), then store dead letters and ack. The batch
         in hand is finished (or, if InfluxDB cannot take it, left in the queue) before returning."""
-        self.influx_ok = self.sink.ping()
-        metrics.INFLUX_UP.set(1 if self.influx_ok else 0)
-        metrics.CONNECTED.labels(component="writer").set(1 if self.influx_ok else 0)
+        self.delivery.check()
         pending: tuple[Round, Future | None] | None = None
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-write")
         if self.converter_process:
@@ -125,10 +123,11 @@ class WriterLoop:
                 self.conversion.finish(batch)
                 self._converted()
                 if batch.events == 0:
-                    self._ping_when_idle()
+                    self.delivery.ping_when_idle()
                     self.stop.wait(IDLE_POLL_S)
                     continue
-                future = executor.submit(self._deliver_all, batch.lines) if batch.lines else None
+                future = executor.submit(self.delivery.deliver_all, batch.lines,
+                                         self._origins(batch)) if batch.lines else None
                 pending = (batch, future)
             if pending is not None:
                 self._complete(*pending)
@@ -193,6 +192,9 @@ class WriterLoop:
         """Items from one source until ``share`` events, one item at a time, each handed to the
         conversion and let go before the next is read (memory: one item of decoded events)."""
         consumer, taken = self.consumers[source], 0
+        if self.wants_origins and source not in self.item_prefix:
+            self.item_prefix[source] = self.queues.call(
+                source, "identity", lambda: f"{queue_identity(consumer)}.{source}")
         while taken < share:
             items = self.queues.call(source, "take", lambda: consumer.take(1))
             if not items:
@@ -223,6 +225,15 @@ class WriterLoop:
             self.guard.converted()
         except DiskFull:                    # cleared at the next round
             pass
+
+    def _origins(self, batch: Round) -> list[tuple[str, int]] | None:
+        """(queue item key, position) of every line, for a sink that names what it sends
+        (the NATS sink's message ids)."""
+        if not self.wants_origins:
+            return None
+        prefix = self.item_prefix
+        return [(f"{prefix[source]}.{item_id}", position)
+                for source, item_id, position in batch.owners]
 
     # ---- writing --------------------------------------------------------------------------------
 
@@ -292,95 +303,6 @@ class WriterLoop:
         metrics.POINTS_WRITTEN.inc(points)
         self._points_since_status += points
 
-    def _deliver_all(self, lines: list[bytes]) -> list[tuple[int, str]]:
-        """Write in requests of at most batch_size lines (one queue item may hold more events
-        than a batch when the collectors are configured so)."""
-        rejected: list[tuple[int, str]] = []
-        for start in range(0, len(lines), self.batch_size):
-            rejected += self._deliver(lines[start:start + self.batch_size], start)
-        return rejected
-
-    def _deliver(self, lines: list[bytes], offset: int) -> list[tuple[int, str]]:
-        """Write ``lines``; returns (index, reason) of the lines InfluxDB rejects for good."""
-        try:
-            self._write_retrying(lines)
-            return []
-        except TooLarge:
-            if len(lines) == 1:
-                return [(offset, "line larger than InfluxDB's max-body-size")]
-        except PermanentError as exc:
-            if len(lines) == 1:
-                return [(offset, str(exc))]
-        half = len(lines) // 2
-        return self._deliver(lines[:half], offset) + self._deliver(lines[half:], offset + half)
-
-    def _write_retrying(self, lines: list[bytes]) -> None:
-        """Write until InfluxDB accepts or rejects the lines; raises Stopping on a stop request.
-        An unexpected error from the sink is treated as a rejection, so bisecting finds the line
-        that caused it and the rest is written."""
-        while True:
-            started = time.monotonic()
-            try:
-                self.sink.write(lines)
-            except (TransientError, AccessDenied) as exc:
-                self._wait_after(exc)
-                continue
-            except PermanentError:
-                self._mark_up(True)   # InfluxDB answered: it is up
-                raise
-            except Exception as exc:  # noqa: BLE001 - isolated by bisecting, never a crash
-                if len(lines) == 1:
-                    log.exception("unexpected error writing one line; it is a dead letter")
-                raise PermanentError(f"error while writing: {type(exc).__name__}: {exc}"
-                                     ) from None
-            metrics.WRITE_LATENCY.observe(time.monotonic() - started)
-            self._mark_up(True)
-            return
-
-    def _wait_after(self, exc: Exception) -> None:
-        self._mark_up(False)
-        if isinstance(exc, AccessDenied):
-            metrics.WRITE_RETRIES.labels(reason="access").inc()
-            delay = self.access_backoff.next_delay()
-            log.error("%s; nothing is dropped, retrying in %.0f s", exc, delay)
-        else:
-            metrics.WRITE_RETRIES.labels(reason="transient").inc()
-            delay = self.backoff.next_delay(at_least=getattr(exc, "retry_after", None))
-            if self.backoff.attempts == 1 or self.backoff.attempts % 10 == 0:
-                log.warning("InfluxDB write failed (%s); keeping the batch, retry %d in %.1f s",
-                            exc, self.backoff.attempts, delay)
-        if self.stop.wait(delay):
-            raise Stopping()
-
-    def _ping_when_idle(self) -> None:
-        """With nothing to write, /readyz and the up gauge follow InfluxDB's /ping (only here:
-        the sink's connection belongs to the write thread while a write is in flight)."""
-        now = time.monotonic()
-        if now - self._pinged_at < STATUS_EVERY_S:
-            return
-        self._pinged_at = now
-        up = self.sink.ping()
-        if up != self.influx_ok:
-            log.log(logging.INFO if up else logging.WARNING, "InfluxDB at %s %s", self.sink_url,
-                    "answers /ping again" if up else "does not answer /ping")
-        self.influx_ok = up
-        metrics.INFLUX_UP.set(1 if up else 0)
-        metrics.CONNECTED.labels(component="writer").set(1 if up else 0)
-
-    def _mark_up(self, up: bool) -> None:
-        if up and not self.influx_ok and self._failing_since is not None:
-            log.info("InfluxDB accepts writes again after %.0f s",
-                     time.monotonic() - self._failing_since)
-        if up:
-            self.backoff.reset()
-            self.access_backoff.reset()
-            self._failing_since = None
-        elif self._failing_since is None:
-            self._failing_since = time.monotonic()
-        self.influx_ok = up
-        metrics.INFLUX_UP.set(1 if up else 0)
-        metrics.CONNECTED.labels(component="writer").set(1 if up else 0)
-
     # ---- status ---------------------------------------------------------------------------------
 
     def _report_status(self) -> None:
@@ -407,6 +329,16 @@ class WriterLoop:
             log.info("%s", progress_line(behind, rate))
         self._status_at = now
         self._points_since_status = 0
+
+
+def queue_identity(consumer: Consumer) -> str:
+    """A random name of this queue file, made once and kept in its meta table: item ids start
+    again in a new file, so a message id also names the file."""
+    value = consumer.get_meta(QUEUE_IDENTITY_KEY)
+    if value is None:
+        value = uuid.uuid4().hex[:16]
+        consumer.set_meta(QUEUE_IDENTITY_KEY, value)
+    return value
 
 
 def progress_line(behind: int, points_per_s: float) -> str:

@@ -33,6 +33,8 @@ class AccessDenied(IngestorError):
 
 class Sink(Protocol):
     def write(self, lines: list[bytes]) -> None: ...
+    """A sink with ``wants_origins = True`` is called ``write(lines, origins)`` with the
+    (queue item, position) of every line (the NATS sink names its messages with them)."""
 
     def ping(self) -> bool: ...
 

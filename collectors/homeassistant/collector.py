@@ -17,7 +17,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.config import Config
-from ha_ingestor.envelope import HA, KIND_LIVE, unreadable_frame
+from ha_ingestor.envelope import HA, HA_NAME_META_KEY, KIND_LIVE, unreadable_frame
 from ha_ingestor.errors import AuthError, ConfigError, TransientError
 from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 
@@ -47,6 +47,7 @@ class HACollector:
         self.connection: HAConnection | None = None
         self._subscribed: HAConnection | None = None   # once HA answered its subscription
         self._no_history_logged = False
+        self._recorded_name: str | None = None
         self._drops_logged_at = float("-inf")
         self._received = metrics.EVENTS_RECEIVED.labels(HA)
         self._dropped = metrics.EVENTS_DROPPED.labels(HA, self.ha.full_policy)
@@ -108,6 +109,7 @@ class HACollector:
         connection.start_reader()
         self._start_keepalive(connection)
         self._request_coalescing(connection)
+        self._record_name(connection)
         catch_up = CatchUp(self.ha, self.chunk, self.committer, self.handoff, self.ledger,
                            self._request, lambda: self._check(connection), self._no_history)
         catch_up.begin()
@@ -149,6 +151,19 @@ class HACollector:
                                 "features": {"coalesce_messages": 1}}, self.ha.ping_timeout)
         except CommandError as exc:   # an HA older than 2022.12: plain frames, fine
             log.info("Home Assistant does not take supported_features (%s)", exc.code)
+
+    def _record_name(self, connection: HAConnection) -> None:
+        """HA's name (``location_name``), kept in the queue's meta: a fleet site's default
+        name (``nats.site``)."""
+        try:
+            config = connection.request({"type": "get_config"}, self.ha.ping_timeout)
+        except CommandError as exc:
+            log.info("Home Assistant does not answer get_config (%s)", exc.code)
+            return
+        name = config.get("location_name") if isinstance(config, dict) else None
+        if isinstance(name, str) and name.strip() and name != self._recorded_name:
+            self.committer.record_meta(HA_NAME_META_KEY, name)
+            self._recorded_name = name
 
     def _subscribe(self, connection: HAConnection) -> None:
         types = list(self.ha.event_types) or [None]

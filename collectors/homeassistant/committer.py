@@ -103,6 +103,7 @@ class Committer:
         self._marks = Watermarks()      # in memory: everything committed
         self._persisted = Watermarks()  # what the queue file holds
         self._marks_written_at = 0.0
+        self._unrecorded: dict[str, str] = {}   # record_meta values the queue refused
         self._stopping = False
         self._full_since: float | None = None
         self._full_seen_ns = 0          # the latest moment the queue file was found full
@@ -159,6 +160,11 @@ class Committer:
             future.set_result(valid)
         self.handoff.put_control(release)
         return future
+
+    def record_meta(self, key: str, value: str) -> None:
+        """Keep a small value in the queue file's meta table (written on the committer's
+        thread, after what is queued before it; if the queue refuses it, with the next batch)."""
+        self.handoff.put_control(lambda: self._record(key, value))
 
     def full(self) -> bool:
         return self._full_since is not None
@@ -255,10 +261,20 @@ class Committer:
         log.warning("kept %d event(s) or frame(s) as dead letters, e.g.: %s", len(entries),
                     entries[0][1][:300])
 
+    def _record(self, key: str, value: str) -> None:
+        try:
+            self._producer.set_meta(key, value)
+        except QueueFull as exc:
+            log.warning("%s not recorded yet (%s); it goes with the next batch", key, exc)
+            self._unrecorded[key] = value
+            return
+        self._unrecorded.pop(key, None)
+
     def _meta_for(self, events: list[dict]) -> dict[str, str] | None:
-        """Watermarks to write with this batch (none while they are held)."""
+        """Watermarks to write with this batch (none while they are held), and the values
+        ``record_meta`` could not write yet."""
         if self.holding:
-            return None
+            return dict(self._unrecorded) or None
         trial = self._marks.copy()
         trial.observe(events)
         meta = {}
@@ -268,7 +284,7 @@ class Committer:
                 len(trial.entities) <= ENTITY_MARKS_SMALL
                 or time.monotonic() - self._marks_written_at >= ENTITY_MARKS_EVERY_S):
             meta[ENTITY_MARKS_KEY] = json.dumps(trial.entities, separators=(",", ":"))
-        return meta or None
+        return {**self._unrecorded, **meta} or None
 
     def _after_commit(self, events: list[dict], meta: dict[str, str]) -> None:
         now_ns = time.time_ns()
@@ -283,6 +299,8 @@ class Committer:
         if ENTITY_MARKS_KEY in meta:
             self._persisted.entities = json.loads(meta[ENTITY_MARKS_KEY])
             self._marks_written_at = time.monotonic()
+        for key in [k for k, v in self._unrecorded.items() if meta.get(k) == v]:
+            del self._unrecorded[key]
         if self._full_since is not None:
             log.warning("queue has room again after %.0f s; committing", time.monotonic()
                         - self._full_since)

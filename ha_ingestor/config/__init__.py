@@ -13,7 +13,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ha_ingestor.config import loader, model
+from ha_ingestor.config import fleet, loader, model
 from ha_ingestor.config.model import (COMPONENTS, Config, HomeAssistantConfig, InfluxConfig,
                                       MetricsConfig, MqttConfig, QueueConfig, RunConfig,
                                       TlsConfig)
@@ -24,6 +24,9 @@ __all__ = ["COMPONENTS", "Config", "ConfigError", "HomeAssistantConfig", "Influx
            "default_config_path", "load_config", "load_queue_config", "redacted", "reference_rows"]
 
 CONFIG_ENV = "HA_INGESTOR_CONFIG"
+SECTIONS = {**model.SECTIONS, "nats": fleet.NATS_KEYS}
+TLS_SECTIONS = model.TLS_SECTIONS + ("nats",)
+KNOWN_SECTIONS = tuple(SECTIONS) + ("schema",)
 DEFAULT_FILE = "ha-ingestor.yaml"
 REDACTED = "***"
 _SHOWN_AS = {"imports": "import"}        # config fields named apart from their YAML section
@@ -57,9 +60,9 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -
     """Read, substitute, override, validate. Raises ConfigError."""
     raw = _read_raw(path, env)
     for section in raw:
-        if section not in model.KNOWN_SECTIONS:
+        if section not in KNOWN_SECTIONS:
             raise ConfigError(f"{section} is not a known section "
-                              f"(known: {', '.join(model.KNOWN_SECTIONS)})")
+                              f"(known: {', '.join(KNOWN_SECTIONS)})")
     config = Config(
         queue=model.build_section("queue", raw.get("queue")),
         mqtt=model.build_section("mqtt", raw.get("mqtt")),
@@ -69,9 +72,11 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None) -
         metrics=model.build_metrics(raw.get("metrics")),
         run=model.build_section("run", raw.get("run")),
         imports=model.build_section("import", raw.get("import")),
+        nats=fleet.build_nats(raw.get("nats")),
         source=str(path) if path else None,
     )
     model.check_consistency(config)
+    fleet.check_site(config.nats, config.homeassistant.enabled)
     return config
 
 
@@ -108,10 +113,10 @@ def reference_rows() -> list[tuple[str, str, str, str, str]]:
     """Every key as (dotted key, type, default, environment variable, description), for the
     configuration reference in docs/configuration.md."""
     rows = []
-    for section, keys in model.SECTIONS.items():
+    for section, keys in SECTIONS.items():
         for key in keys:
             rows.append(_row(f"{section}.{key.name}", key))
-        if section in model.TLS_SECTIONS:
+        if section in TLS_SECTIONS:
             rows.extend(_row(f"{section}.tls.{key.name}", key) for key in model.TLS_KEYS)
         if section == "metrics":
             for name, port in model.METRICS_PORTS.items():

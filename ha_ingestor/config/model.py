@@ -133,6 +133,7 @@ class Config:
     metrics: MetricsConfig
     run: RunConfig
     imports: ImportConfig | None = None   # the ``import:`` section (a Python keyword)
+    nats: Any = None                   # fleet.NatsConfig (the nats: section)
     source: str | None = None          # the file it was loaded from
 
     def enabled_components(self) -> list[str]:
@@ -193,7 +194,8 @@ def _duration_min(minimum):
 
 
 TLS_KEYS = [
-    Key("enabled", v.as_bool, False, "Use TLS (implied by an https:// or wss:// URL)."),
+    Key("enabled", v.as_bool, False,
+        "Use TLS (implied by an https://, wss:// or, for NATS, tls:// URL)."),
     Key("ca_file", v.as_file, None, "CA certificate file (PEM) to verify the server."),
     Key("cert_file", v.as_file, None, "Client certificate file (PEM), for mutual TLS."),
     Key("key_file", v.as_file, None, "Client private key file (PEM), for mutual TLS."),
@@ -290,7 +292,7 @@ METRICS_KEYS = [
     Key("enabled", v.as_bool, True, "Serve /metrics, /healthz and /readyz in every process."),
     Key("host", v.as_str, "127.0.0.1", "Address the endpoints bind to."),
 ]
-METRICS_PORTS = {"run": 9100, "mqtt": 9101, "ha": 9102, "writer": 9103}
+METRICS_PORTS = {"run": 9100, "mqtt": 9101, "ha": 9102, "writer": 9103, "central": 9104}
 
 RUN_KEYS = [
     Key("shutdown_timeout", _duration_min(1), "30s", "`ha-ingestor run`: how long collectors "

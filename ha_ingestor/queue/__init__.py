@@ -45,8 +45,8 @@ from ha_ingestor.queue.sqlite_backend import (SQLiteStore, dead_rows, wal_bytes_
 
 __all__ = ["Producer", "Consumer", "Batch", "decode_events", "unreadable_letter", "unstorable",
            "QueueStatus", "DeadLetter", "QueueError", "QueueFull", "DiskFull", "NoSuchItem",
-           "UnreadableItem", "queue_file", "hold_role", "read_status", "peek", "list_dead",
-           "requeue_dead", "purge", "dead_letter_item", "PRODUCER", "CONSUMER",
+           "UnreadableItem", "queue_file", "hold_role", "read_status", "read_meta", "peek",
+           "list_dead", "requeue_dead", "purge", "dead_letter_item", "PRODUCER", "CONSUMER",
            "HEADROOM_BYTES"]
 
 FULL_RECHECK_S = 0.5                 # how often the producer re-measures the file and the disk
@@ -325,6 +325,13 @@ def read_status(queue_dir: Path | str, source: str) -> QueueStatus | None:
     """Status of one queue file without creating it; None when it does not exist."""
     with _Existing(queue_dir, source) as store:
         return None if store is None else _status(store, store.path)
+
+
+def read_meta(queue_dir: Path | str, source: str, key: str) -> str | None:
+    """One meta value of a queue file, without taking a role; None when the file or the key
+    does not exist."""
+    with _Existing(queue_dir, source) as store:
+        return None if store is None else store.get_meta(key)
 
 
 def peek(queue_dir: Path | str, source: str, limit: int = 10) -> list[dict]:

@@ -149,6 +149,7 @@ class HATestServer:
         self.host, self.port, self.token = host, port, token
         self.rate = rate
         self.admin = admin
+        self.location_name = "Home"        # get_config's location_name
         self.recorder = recorder
         self.recorder_lag = recorder_lag
         self.subscribe_delay = subscribe_delay   # a busy HA: the subscription takes effect late
@@ -545,6 +546,11 @@ class HATestServer:
             return
         await self._result(client, msg_id)
 
+    async def _cmd_get_config(self, client: _Client, msg_id: int, _message: dict) -> None:
+        await self._result(client, msg_id, {"location_name": self.location_name,
+                                            "version": self.ha_version, "time_zone": "UTC",
+                                            "unit_system": {"temperature": "°C"}})
+
     async def _cmd_get_states(self, client: _Client, msg_id: int, _message: dict) -> None:
         states = "[" + ",".join(e.state_json for e in self.entities) + "]"
         text = f'{{"id":{msg_id},"type":"result","success":true,"result":{states}}}'
@@ -585,7 +591,7 @@ class HATestServer:
 
     _commands = {"ping": _cmd_ping, "supported_features": _cmd_features,
                  "subscribe_events": _cmd_subscribe, "unsubscribe_events": _cmd_unsubscribe,
-                 "get_states": _cmd_get_states, "history/history_during_period": _cmd_history}
+                 "get_states": _cmd_get_states, "get_config": _cmd_get_config, "history/history_during_period": _cmd_history}
 
 
 # ---------------------------------------------------------------------------------------------
