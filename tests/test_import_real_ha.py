@@ -246,8 +246,9 @@ def recorded_attributes(scene: Scene) -> dict[str, set[str]]:
 
 def test_import_history_after_sigkill_continues_without_gap_or_duplicate(scene):
     """Must show 3: SIGKILL in the middle of an import, then the same command again."""
-    # batches of 2 events: most steps take several commits, so the kill can fall inside a step
-    ing = scene.ingestor("killed", "killed", batch_events=2)
+    # one entity per request and one event per commit: hundreds of steps and commits, so the kill
+    # falls in the middle, often inside a step
+    ing = scene.ingestor("killed", "killed", batch_events=1, entities_per_request=1)
     wanted = {(e["data"]["entity_id"], e["time_fired"]) for e in scene.changes}
     proc = ing.start("import", "history", *scene.period_args(), log="import")
     wait_until(lambda: proc.poll() is not None or len(ing.read_all("import")) > 0, 60,
