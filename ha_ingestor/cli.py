@@ -147,12 +147,20 @@ def config_group() -> None:
 
 
 @config_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
 @click.pass_obj
-def config_check(ctx: Context) -> None:
-    """Validate the configuration; exit 2 with the offending key if it is invalid."""
-    config = ctx.config
+def config_check(ctx: Context, file: str | None) -> None:
+    """Validate the configuration (or FILE; ``-`` reads it from standard input); exit 2 with the
+    offending key if it is invalid."""
+    config = _config_from(ctx, file)
     where = config.source or "defaults and environment (no config file)"
     click.echo(f"config OK: {where}; components: {', '.join(config.enabled_components())}")
+
+
+def _config_from(ctx: Context, file: str | None):
+    if file == "-":
+        return load_config(None, text=click.get_text_stream("stdin").read())
+    return load_config(Path(file)) if file else ctx.config
 
 
 @config_group.command("show")

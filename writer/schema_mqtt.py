@@ -20,6 +20,7 @@ from typing import Any
 
 from ha_ingestor.config.schema import MQTT_PRESETS, MqttPreset, MqttRule, MqttSchema
 from ha_ingestor.envelope import mqtt_payload
+from ha_ingestor.topicfilter import Pattern
 from writer.fields import add_value, parse_number
 from writer.lineprotocol import make_line
 
@@ -72,27 +73,13 @@ def preset_rules(preset: MqttPreset) -> tuple[MqttRule, ...]:
 @dataclass(frozen=True)
 class _Compiled:
     rule: MqttRule
-    segments: tuple[str, ...]
+    pattern: Pattern
     match: dict
 
     def bind(self, levels: list[str]) -> dict[str, str] | None:
         """Named segment values when ``levels`` matches this rule's filter, else None."""
-        names: dict[str, str] = {}
-        segments = self.segments
-        for i, segment in enumerate(segments):
-            first = segment[:1]
-            if first == "#":
-                if segment[1:]:
-                    names[segment[1:]] = "/".join(levels[i:])
-                return self._allowed(names)
-            if i >= len(levels):
-                return None
-            if first == "+":
-                if segment[1:]:
-                    names[segment[1:]] = levels[i]
-            elif segment != levels[i]:
-                return None
-        return self._allowed(names) if len(levels) == len(segments) else None
+        names = self.pattern.bind(levels)
+        return None if names is None else self._allowed(names)
 
     def _allowed(self, names: dict[str, str]) -> dict[str, str] | None:
         for name, values in self.match.items():
@@ -118,7 +105,8 @@ class MqttSchemaConverter:
         rules = list(config.rules)
         for preset in config.presets:
             rules.extend(preset_rules(preset))
-        self.rules = [_Compiled(r, tuple(r.topic.split("/")), dict(r.match)) for r in rules]
+        self.rules = [_Compiled(r, Pattern.compile(r.topic, named=True), dict(r.match))
+                      for r in rules]
         self.bools_as_float = config.bools == "float"
         self._targets: dict[str, _Target] = {}
 

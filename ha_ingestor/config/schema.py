@@ -42,6 +42,7 @@ from typing import Any
 
 from ha_ingestor.config.values import (as_bool, as_choice, as_mapping, as_opt_str, as_str,
                                        as_str_list, fail)
+from ha_ingestor import topicfilter
 from ha_ingestor.errors import ConfigError
 
 MEASUREMENT_ATTRS = ("unit_of_measurement", "domain__device_class", "entity_id")
@@ -318,22 +319,11 @@ def _rule(key: str, raw: Any) -> MqttRule:
 
 
 def topic_names(key: str, topic: str) -> tuple[str, ...]:
-    """Names bound by ``+name``/``#name`` segments; checks the filter's shape."""
-    names: list[str] = []
-    segments = topic.split("/")
-    for i, segment in enumerate(segments):
-        if segment.startswith(("+", "#")):
-            if segment.startswith("#") and i != len(segments) - 1:
-                raise fail(key, "an MQTT topic filter with '#' only as the last segment", topic)
-            name = segment[1:]
-            if name:
-                if not name.isidentifier() or name == "topic" or name in names:
-                    raise fail(key, "segment names that are unique identifiers (not 'topic')",
-                               topic)
-                names.append(name)
-        elif "+" in segment or "#" in segment:
-            raise fail(key, "an MQTT topic filter ('+' and '#' fill a whole segment)", topic)
-    return tuple(names)
+    """Names bound by ``+name``/``#name`` levels; checks the filter against MQTT's rules."""
+    try:
+        return topicfilter.validate(topic, named=True)
+    except topicfilter.FilterError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _match(key: str, raw: Any, names: tuple[str, ...]
