@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
-from ha_ingestor import __version__, queue
+from ha_ingestor import __version__, metrics, queue
 from ha_ingestor.config import default_config_path, load_config, load_queue_config, redacted
 from ha_ingestor.envelope import SOURCES, describe
 from ha_ingestor.errors import (EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, ConfigError, IngestorError,
@@ -26,6 +26,7 @@ from ha_ingestor.logs import FORMATS, LEVELS, setup_logging
 log = logging.getLogger("ha_ingestor")
 
 ENTRY_POINTS = {"mqtt": "collectors.mqtt", "ha": "collectors.homeassistant", "writer": "writer"}
+COMPLETE_VAR = "_HA_INGESTOR_COMPLETE"
 EXIT_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
 
 
@@ -63,7 +64,7 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False, prog_name="ha-ingestor")
+        cli.main(standalone_mode=False, prog_name="ha-ingestor", complete_var=COMPLETE_VAR)
     except click.exceptions.Abort:
         sys.exit(1)
     except click.ClickException as exc:
@@ -79,6 +80,7 @@ def main() -> None:
 def _run_component(ctx: Context, name: str) -> None:
     setup_logging(ctx.log_level, ctx.log_format, name)
     config = ctx.config
+    metrics.set_build_info(name)
     stop = StopFlag().install()
     try:
         module = importlib.import_module(ENTRY_POINTS[name])
@@ -124,6 +126,7 @@ def run(ctx: Context) -> None:
     """Run every enabled component as its own child process under one supervisor."""
     setup_logging(ctx.log_level, ctx.log_format, "run")
     config = ctx.config
+    metrics.set_build_info("run")
     stop = StopFlag().install()
     from ha_ingestor import supervisor
     sys.exit(supervisor.run(config, stop, child_argv(ctx, config.enabled_components())))
@@ -139,6 +142,17 @@ def child_argv(ctx: Context, components: list[str]) -> dict[str, list[str]]:
     return {name: base + tail[name] for name in components}
 
 
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL. Bash: add
+    ``eval "$(ha-ingestor completion bash)"`` to ~/.bashrc (zsh: ~/.zshrc; fish:
+    ``ha-ingestor completion fish > ~/.config/fish/completions/ha-ingestor.fish``)."""
+    from click.shell_completion import get_completion_class
+    script = get_completion_class(shell)(cli, {}, "ha-ingestor", COMPLETE_VAR).source()
+    click.echo(script)
+
+
 # ---- config -------------------------------------------------------------------------------
 
 @cli.group("config")
@@ -148,13 +162,28 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--connect", is_flag=True, help="Also connect to the MQTT broker, Home Assistant "
+              "and InfluxDB with the configured credentials (exit 3 if any refuses them or "
+              "lacks the database/bucket, 1 if any cannot be reached).")
 @click.pass_obj
-def config_check(ctx: Context, file: str | None) -> None:
+def config_check(ctx: Context, file: str | None, connect: bool) -> None:
     """Validate the configuration (or FILE; ``-`` reads it from standard input); exit 2 with the
     offending key if it is invalid."""
     config = _config_from(ctx, file)
     where = config.source or "defaults and environment (no config file)"
     click.echo(f"config OK: {where}; components: {', '.join(config.enabled_components())}")
+    if connect:
+        sys.exit(_check_connections(config))
+
+
+def _check_connections(config) -> int:
+    from ha_ingestor import connectcheck
+    outcomes = []
+    for target in connectcheck.targets(config):
+        outcome = connectcheck.check(config, target)
+        outcomes.append(outcome)
+        click.echo(f"{target:<14} {outcome.label:<8} {outcome.message}")
+    return connectcheck.exit_code(outcomes)
 
 
 def _config_from(ctx: Context, file: str | None):

@@ -7,11 +7,14 @@ is ``mqtt`` or ``ha``; ``component`` is ``mqtt``, ``ha`` or ``writer``.
 from __future__ import annotations
 
 import logging
+import platform
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from ha_ingestor import __version__
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +69,21 @@ WRITE_LATENCY = Histogram("ha_ingestor_write_latency_seconds", "Duration of one 
 WRITE_RETRIES = Counter("ha_ingestor_write_retries_total", "InfluxDB writes retried", ["reason"])
 INFLUX_UP = Gauge("ha_ingestor_influxdb_up", "1 when the last InfluxDB write succeeded")
 
+# Every process
+BUILD_INFO = Gauge("ha_ingestor_build_info",
+                   "Always 1; the labels name the release and Python this process runs",
+                   ["version", "python", "component"])
+
 # Supervisor (ha-ingestor run)
 CHILD_UP = Gauge("ha_ingestor_child_up", "1 while the supervised component's process runs",
                  ["component"])
 CHILD_RESTARTS = Counter("ha_ingestor_child_restarts_total",
                          "Times the supervisor restarted a component that exited", ["component"])
+
+
+def set_build_info(component: str) -> None:
+    BUILD_INFO.labels(version=__version__, python=platform.python_version(),
+                      component=component).set(1)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -272,7 +272,7 @@ def _drop_component_metrics() -> None:
     metrics)."""
     from prometheus_client import REGISTRY
     from prometheus_client.metrics import MetricWrapperBase
-    ours = (prom.CHILD_UP, prom.CHILD_RESTARTS)
+    ours = (prom.CHILD_UP, prom.CHILD_RESTARTS, prom.BUILD_INFO)
     for metric in vars(prom).values():
         if isinstance(metric, MetricWrapperBase) and metric not in ours:
             REGISTRY.unregister(metric)
