@@ -192,6 +192,21 @@ def _config_from(ctx: Context, file: str | None):
     return load_config(Path(file)) if file else ctx.config
 
 
+@config_group.command("import-ha")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--secrets", "secrets", type=click.Choice(["env", "files"]), default="env",
+              show_default=True, help="Print passwords and tokens as ${VAR} references (env) "
+              "or as *_file paths under /run/secrets (files).")
+def config_import_ha(path: Path, secrets: str) -> None:
+    """Print an HA Ingestor config equivalent to the influxdb: block of Home Assistant's
+    PATH/configuration.yaml (includes, !secret, !env_var and packages followed as Home
+    Assistant follows them). Secrets are printed as references, never their values."""
+    import os
+
+    from ha_ingestor.haimport import import_ha
+    click.echo(import_ha(path, os.environ, files=secrets == "files"))
+
+
 @config_group.command("show")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
 @click.pass_obj

@@ -116,7 +116,8 @@ TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=
                min_size=1, max_size=40)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(secret=TEXT, name=TEXT.filter(lambda s: s.strip()))
 def test_any_string_given_by_the_environment_is_kept_verbatim(tmp_path, secret, name):
     env = {"HA_INGESTOR_MQTT__PASSWORD": secret, "HA_INGESTOR_MQTT__USERNAME": name,
@@ -191,7 +192,7 @@ def test_tls_settings_with_a_tls_url_are_kept(tmp_path):
     assert config.homeassistant.tls.enabled and not config.homeassistant.tls.verify
 
 
-# ---- alias bombs ----------------------------------------------------------------------------------
+# ---- alias bombs -------------------------------------------------------------------------------
 
 def _alias_bomb(levels: int = 9) -> str:
     """The classic "billion laughs": 9 levels of 9 aliases, 9**9 strings once expanded."""

@@ -62,10 +62,11 @@ class EntityFilter:
 
 @dataclass(frozen=True)
 class EntityOverride:
-    """One ``component_config*`` entry."""
+    """One ``component_config*`` entry. None: not given here (a less specific entry's value
+    stays); given, even empty (``""``, ``[]``), it replaces that value, as in HA."""
 
     override_measurement: str | None = None
-    ignore_attributes: tuple[str, ...] = ()
+    ignore_attributes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,11 +233,12 @@ def _overrides(key: str, raw: Any, entity_ids: bool = False
         sub = f"{key}.{name}"
         value = as_mapping(sub, value)
         _no_unknown(sub, value, ("override_measurement", "ignore_attributes"))
+        measurement, ignore = value.get("override_measurement"), value.get("ignore_attributes")
         result.append((name, EntityOverride(
-            override_measurement=as_opt_str(f"{sub}.override_measurement",
-                                            value.get("override_measurement")),
-            ignore_attributes=as_str_list(f"{sub}.ignore_attributes",
-                                          value.get("ignore_attributes")))))
+            override_measurement=None if measurement is None else as_str(
+                f"{sub}.override_measurement", measurement, allow_empty=True),
+            ignore_attributes=None if ignore is None else as_str_list(
+                f"{sub}.ignore_attributes", ignore))))
     return tuple(result)
 
 
