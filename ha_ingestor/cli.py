@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
-from ha_ingestor import __version__, metrics, queue
+from ha_ingestor import __version__, metrics, metrics_influx, queue
 from ha_ingestor.config import default_config_path, load_config, load_queue_config, redacted
 from ha_ingestor.envelope import SOURCES, describe
 from ha_ingestor.errors import (EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, ConfigError, IngestorError,
@@ -82,6 +82,7 @@ def _run_component(ctx: Context, name: str) -> None:
     config = ctx.config
     metrics.set_build_info(name)
     stop = StopFlag().install()
+    exporter = metrics_influx.start(config, name)
     try:
         module = importlib.import_module(ENTRY_POINTS[name])
         code = module.run(config, stop)
@@ -91,6 +92,8 @@ def _run_component(ctx: Context, name: str) -> None:
     except Exception:  # a bug: log it whole and exit non-zero so the supervisor restarts us
         log.exception("%s stopped on an unexpected error", name)
         code = EXIT_FAILURE
+    if exporter is not None:
+        exporter.close()
     sys.exit(code)
 
 
@@ -129,7 +132,11 @@ def run(ctx: Context) -> None:
     metrics.set_build_info("run")
     stop = StopFlag().install()
     from ha_ingestor import supervisor
-    sys.exit(supervisor.run(config, stop, child_argv(ctx, config.enabled_components())))
+    exporter = metrics_influx.start(config, "run")
+    code = supervisor.run(config, stop, child_argv(ctx, config.enabled_components()))
+    if exporter is not None:
+        exporter.close()
+    sys.exit(code)
 
 
 def child_argv(ctx: Context, components: list[str]) -> dict[str, list[str]]:

@@ -19,6 +19,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from ha_ingestor import metrics  # noqa: F401  (registers every metric)
+from ha_ingestor import metrics_influx  # noqa: F401  (and those of metrics.influxdb)
 from ha_ingestor.config import load_config
 from ha_ingestor.config.model import METRICS_PORTS
 from ha_ingestor.errors import EXIT_AUTH, EXIT_CONFIG

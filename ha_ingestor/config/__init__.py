@@ -119,6 +119,8 @@ def reference_rows() -> list[tuple[str, str, str, str, str]]:
         if section in model.TLS_SECTIONS:
             rows.extend(_row(f"{section}.tls.{key.name}", key) for key in model.TLS_KEYS)
         if section == "metrics":
+            rows.extend(_row(f"metrics.influxdb.{key.name}", key)
+                        for key in model.METRICS_INFLUX_KEYS)
             for name, port in model.METRICS_PORTS.items():
                 rows.append((f"metrics.ports.{name}", "port", str(port),
                              _env_name(f"metrics.ports.{name}"),

@@ -100,10 +100,21 @@ class InfluxConfig:
 
 
 @dataclass(frozen=True)
+class MetricsInfluxConfig:
+    enabled: bool
+    interval: float
+    url: str | None
+    database: str | None
+    bucket: str | None
+    timeout: float
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool
     host: str
     ports: dict = field(hash=False)
+    influxdb: MetricsInfluxConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -296,6 +307,18 @@ METRICS_KEYS = [
     Key("host", v.as_str, "127.0.0.1", "Address the endpoints bind to."),
 ]
 METRICS_PORTS = {"run": 9100, "mqtt": 9101, "ha": 9102, "writer": 9103}
+METRICS_INFLUX_KEYS = [
+    Key("enabled", v.as_bool, False, "Write every process's own counters and gauges to "
+        "InfluxDB, like Telegraf's `inputs.internal` (`metrics.influxdb: true` is short for "
+        "this). Never delays the events: a snapshot that cannot be written is dropped and "
+        "counted."),
+    Key("interval", _duration_min(1), "10s", "How often each process writes a snapshot."),
+    Key("url", _url("http", "https"), None, "InfluxDB to write them to (default: "
+        "`influxdb.url`; the credentials and TLS settings of `influxdb:` are used)."),
+    Key("database", v.as_opt_str, None, "v1: database (default: `influxdb.database`)."),
+    Key("bucket", v.as_opt_str, None, "v2: bucket (default: `influxdb.bucket`)."),
+    Key("timeout", _duration_min(0.1), "2s", "Timeout of one snapshot's write request."),
+]
 
 RUN_KEYS = [
     Key("shutdown_timeout", _duration_min(1), "30s", "`ha-ingestor run`: how long collectors "
@@ -362,7 +385,13 @@ def _refuse_tls_without_tls_url(section: str, url: str, raw: Any, values: dict) 
 
 
 def build_metrics(raw: Any) -> MetricsConfig:
-    values = parse_keys("metrics", METRICS_KEYS, raw, extra=("ports",))
+    values = parse_keys("metrics", METRICS_KEYS, raw, extra=("ports", "influxdb"))
+    influx_raw = v.as_mapping("metrics", raw).get("influxdb")
+    if influx_raw is not None and not isinstance(v.structured("metrics.influxdb", influx_raw),
+                                                 dict):
+        influx_raw = {"enabled": influx_raw}         # metrics.influxdb: true
+    values["influxdb"] = MetricsInfluxConfig(**parse_keys("metrics.influxdb",
+                                                          METRICS_INFLUX_KEYS, influx_raw))
     ports_raw = v.as_mapping("metrics.ports", v.as_mapping("metrics", raw).get("ports"))
     ports = dict(METRICS_PORTS)
     for name, port in ports_raw.items():
