@@ -7,13 +7,14 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv ha-venvs test images addon demo chaos bench clean
+.PHONY: help system-deps venv ha-venvs test images addon demo dashboards chaos bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
 	@echo "make test    - the test suite (installs what is missing)"
 	@echo "make images  - build and run the product and add-on images with podman (root)"
 	@echo "make addon   - put the ha-ingestor wheel into the add-on folder, to install it locally"
+	@echo "make dashboards - pictures of the InfluxDB Grafana dashboards for docs/, from a real run"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
 	@echo "make ha-venvs - install the Home Assistant venvs now (the tests do on first use)"
@@ -48,6 +49,10 @@ addon: venv
 
 demo: system-deps venv
 	$(PY) scripts/demo.py $(ARGS)
+
+dashboards: system-deps venv
+	$(PIP) install --quiet -e '.[docs]'
+	$(PY) scripts/render_dashboards.py $(ARGS)
 
 chaos: system-deps venv
 	$(PY) -m tests.chaos --profile full $(ARGS)

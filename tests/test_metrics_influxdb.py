@@ -5,8 +5,12 @@ are dropped and counted."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import socket
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +77,43 @@ def test_every_process_writes_its_counters_and_they_match_metrics(ingestor, mosq
     builds = influxdb.query('SELECT last("value") FROM "ha_ingestor_build_info" GROUP BY '
                             '"process"', "ingestor")
     assert {row["_tags"]["process"] for row in builds} == {"writer", "mqtt", "run"}
+    assert_dashboards_query_this_data(influxdb)
+
+
+def assert_dashboards_query_this_data(influxdb) -> None:
+    """Every panel's query of the InfluxDB dashboards runs as Grafana would send it; the
+    ingestor dashboard's panels over what this run did show data (rates need two of the
+    dashboards' 10 s intervals)."""
+    render = _load_script("render_dashboards")
+    wanted = ("Received per second", "Written to InfluxDB per second", "Events waiting",
+              "Connected", "Memory per process", "Running versions", "Metrics export")
+    shown: dict[str, int] = {}
+
+    def series_per_panel(name: str, db: str) -> dict[str, int]:
+        dashboard = json.loads((render.GRAFANA / name).read_text())
+        end = time.time_ns() + 10**9
+        counts: dict[str, int] = {}
+        for panel, target in render.panel_queries(dashboard):
+            query = render.expand(target["query"], end - 600 * 10**9, end, panel.get("interval"))
+            counts[panel["title"]] = counts.get(panel["title"], 0) + \
+                len(render.run(influxdb, query, db))
+        return counts
+
+    series_per_panel("home-assistant-influxdb.json", "home_assistant")     # they run
+
+    def ingestor_panels_show_data() -> bool:
+        shown.update(series_per_panel("ha-ingestor-influxdb.json", "ingestor"))
+        return all(shown[title] > 0 for title in wanted)
+
+    wait_until(ingestor_panels_show_data, 60, f"dashboard panels with data: {shown}")
+
+
+def _load_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class BlackHole:
