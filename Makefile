@@ -7,7 +7,9 @@ PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv ha-venvs test images addon demo dashboards chaos bench clean
+FUZZ_EXAMPLES ?= 50000
+
+.PHONY: help system-deps venv ha-venvs test images addon demo dashboards chaos fuzz bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
@@ -16,6 +18,7 @@ help:
 	@echo "make addon   - put the ha-ingestor wheel into the add-on folder, to install it locally"
 	@echo "make dashboards - pictures of the InfluxDB Grafana dashboards for docs/, from a real run"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
+	@echo "make fuzz    - the property-based suites at length (50 000 examples a boundary, random seed)"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
 	@echo "make ha-venvs - install the Home Assistant venvs now (the tests do on first use)"
 
@@ -56,6 +59,14 @@ dashboards: system-deps venv
 
 chaos: system-deps venv
 	$(PY) -m tests.chaos --profile full $(ARGS)
+
+# FUZZ_SEED=<n> draws the same examples again (a failure report names its seed).
+fuzz: system-deps venv
+	@seed=$${FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "make fuzz: seed $$seed, $(FUZZ_EXAMPLES) examples per boundary"; \
+	FUZZ_SEED=$$seed FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -ra -s -m fuzz \
+		-o timeout=14400 $(PYTEST_ARGS) || { echo "make fuzz: failed with seed $$seed"; exit 1; }; \
+	echo "make fuzz: passed with seed $$seed"
 
 bench: system-deps venv
 	$(PY) bench/queue_bench.py

@@ -12,7 +12,8 @@ events, zigbee2mqtt JSON and plain MQTT values; one point each), then in the sam
    queues are empty, all points verified in InfluxDB;
 3. ``rss_mb_at_1m_backlog``: the writer's peak resident memory (VmHWM) during that drain;
 4. ``cost_us_per_event``: each step of the writer timed alone on a separate 100 000-event queue
-   (take, convert, ack; ``influx_post`` from step 1), and the points/s one Python process could
+   (take, convert including the UTF-8 encoding of the line, ack; ``influx_post`` from step 1),
+   and the points/s one Python process could
    reach doing them back to back (``python_side_ceiling_points_per_s``; the writer overlaps the
    post with the next take and convert).
 
@@ -65,7 +66,7 @@ def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int) -
     from writer.convert import Converter
     from writer.sink_v1 import SinkV1
     convert = Converter(build_schema(SCHEMA)).convert
-    lines = [convert(e) for e in mixed_events(points, start_ns)]
+    lines = [convert(e).encode() for e in mixed_events(points, start_ns)]
     server.create_database("ceiling")
     config_path = Path(tempfile.mkdtemp()) / "c.yaml"
     config_path.write_text(yaml.safe_dump({"influxdb": {"url": server.url, "database": "ceiling"},
@@ -100,7 +101,7 @@ def cost_breakdown(workdir: Path, events: int, start_ns: int) -> dict:
                 break
             began = time.perf_counter()
             for event in items[0].events:
-                convert(event)
+                convert(event).encode()          # the writer encodes each line itself
             converted += time.perf_counter() - began
             began = time.perf_counter()
             consumer.ack([items[0].item_id])

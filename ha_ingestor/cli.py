@@ -20,7 +20,7 @@ from ha_ingestor.config import default_config_path, load_config, load_queue_conf
 from ha_ingestor.envelope import SOURCES, describe
 from ha_ingestor.errors import (EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, ConfigError, IngestorError,
                                 QueueError)
-from ha_ingestor.lifecycle import StopFlag
+from ha_ingestor.lifecycle import HEARTBEAT, StopFlag, die_with_parent
 from ha_ingestor.logs import FORMATS, LEVELS, setup_logging
 
 log = logging.getLogger("ha_ingestor")
@@ -82,6 +82,9 @@ def _run_component(ctx: Context, name: str) -> None:
     config = ctx.config
     metrics.set_build_info(name)
     stop = StopFlag().install()
+    die_with_parent(stop)
+    HEARTBEAT.timeout = config.run.stall_timeout
+    HEARTBEAT.report_to_supervisor()
     exporter = metrics_influx.start(config, name)
     try:
         module = importlib.import_module(ENTRY_POINTS[name])
@@ -131,6 +134,7 @@ def run(ctx: Context) -> None:
     config = ctx.config
     metrics.set_build_info("run")
     stop = StopFlag().install()
+    HEARTBEAT.timeout = config.run.stall_timeout
     from ha_ingestor import supervisor
     exporter = metrics_influx.start(config, "run")
     code = supervisor.run(config, stop, child_argv(ctx, config.enabled_components()))
@@ -351,6 +355,26 @@ def queue_requeue_dead(ctx: Context, source: str | None, ids: tuple[int, ...],
     for src in _sources(source):
         count = queue.requeue_dead(qdir, src, ids or None)
         click.echo(f"{src}: requeued {count} dead letter(s)")
+
+
+@queue_group.command("dead-letter-item")
+@click.argument("source", type=click.Choice(SOURCES))
+@click.argument("item_id", metavar="ID", type=click.IntRange(1))
+@click.option("--reason", default="moved aside by an operator", show_default=True,
+              help="Kept with every event of the item.")
+@queue_dir_option
+@click.pass_obj
+def queue_dead_letter_item(ctx: Context, source: str, item_id: int, reason: str,
+                           queue_dir: Path | None) -> None:
+    """Move one queue item (a batch of events, ready or taken) to the dead-letter store.
+
+    For an item that keeps the writer from making progress (its log names the item it died on;
+    the writer also does this itself after queue.move_aside_after deaths). `queue dead` lists the
+    events afterwards, `queue requeue-dead` brings them back."""
+    qdir = _queue_dir(ctx, queue_dir)
+    count = queue.dead_letter_item(qdir, source, item_id, reason)
+    click.echo(f"{source}: moved item {item_id} ({count} event(s)) to the dead-letter store: "
+               f"{reason}")
 
 
 @queue_group.command("purge")

@@ -19,6 +19,12 @@ Home Assistant::
 ``backfill`` (a state change read back from HA's recorder after a reconnect) and ``resync`` (a
 ``get_states`` snapshot) are written as ``state_changed`` events whose ``time_fired`` is the state's
 ``last_updated``: the same time the live event carried, so the writer produces the identical point.
+
+A frame the HA collector cannot read (not JSON, not UTF-8, nested too deeply to parse) is kept
+whole in the dead-letter store, never queued::
+
+    {"src": "ha", "rx": <ns>, "kind": "live", "frame": "<text or base64>", "pe": "utf8" | "b64",
+     "error": "<why>"}
 """
 
 from __future__ import annotations
@@ -66,6 +72,17 @@ def ha_event(event: dict[str, Any], kind: str = KIND_LIVE,
         raise ValueError(f"kind must be one of {', '.join(HA_KINDS)}, got {kind!r}")
     return {"src": HA, "rx": received_ns if received_ns is not None else now_ns(),
             "kind": kind, "event": event}
+
+
+def unreadable_frame(frame: bytes | str, reason: str, received_ns: int) -> dict[str, Any]:
+    """Envelope that keeps an unreadable HA frame exactly (text, or base64 when not UTF-8)."""
+    data = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else bytes(frame)
+    try:
+        text, encoding = data.decode("utf-8"), "utf8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(data).decode("ascii"), "b64"
+    return {"src": HA, "rx": received_ns, "kind": KIND_LIVE, "frame": text, "pe": encoding,
+            "error": reason}
 
 
 def state_as_event(state: dict[str, Any], kind: str, received_ns: int | None = None,

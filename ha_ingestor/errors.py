@@ -48,6 +48,12 @@ class QueueError(IngestorError):
     exit_code = EXIT_QUEUE
 
 
+class NoSuchItem(QueueError):
+    """A repair command named a queue item that is not waiting in the queue (a usage error)."""
+
+    exit_code = EXIT_CONFIG
+
+
 class QueueFull(IngestorError):
     """Appending would take the queue past ``queue.max_bytes``; nothing was written."""
 
@@ -62,3 +68,12 @@ class TransientError(IngestorError):
 
 class PermanentError(IngestorError):
     """Retrying the same input will fail the same way (400, 422, malformed data)."""
+
+
+class ConversionError(PermanentError, ValueError):
+    """One event cannot become a point; the message says why. ``kind`` is a short label for the
+    dead-letter metric (``malformed``, ``name``, ``limit``, ``text``, ``binary``, ...)."""
+
+    def __init__(self, message: str, kind: str = "malformed"):
+        super().__init__(message)
+        self.kind = kind

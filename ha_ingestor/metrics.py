@@ -2,6 +2,10 @@
 
 All metric objects live here so that names and labels agree across processes. Labels: ``source``
 is ``mqtt`` or ``ha``; ``component`` is ``mqtt``, ``ha`` or ``writer``.
+
+``/healthz`` says whether the process's main loop still makes progress: 503 once its heartbeat
+(``ha_ingestor.lifecycle.HEARTBEAT``) has not ticked for ``run.stall_timeout``. ``/readyz`` says
+whether it can do its job now (connected, queue writable).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from ha_ingestor import __version__
+from ha_ingestor.lifecycle import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,9 @@ GAPS = Counter("ha_ingestor_ha_unfillable_gaps_total",
 # Shared
 DEAD_LETTERS = Counter("ha_ingestor_dead_letters_total",
                        "Events moved to the dead-letter store", ["source", "reason"])
+SECRETS_WITHHELD = Counter("ha_ingestor_secrets_withheld_total",
+                           "Event data keys not written because schema.events.secret_keys "
+                           "lists them", ["source"])
 RECONNECTS = Counter("ha_ingestor_reconnects_total", "Reconnect attempts", ["component"])
 CONNECTED = Gauge("ha_ingestor_connected",
                   "1 while connected to the source (collectors) or the sink (writer)",
@@ -68,6 +76,9 @@ WRITE_LATENCY = Histogram("ha_ingestor_write_latency_seconds", "Duration of one 
                           buckets=_LATENCY_BUCKETS)
 WRITE_RETRIES = Counter("ha_ingestor_write_retries_total", "InfluxDB writes retried", ["reason"])
 INFLUX_UP = Gauge("ha_ingestor_influxdb_up", "1 when the last InfluxDB write succeeded")
+ITEMS_MOVED_ASIDE = Counter("ha_ingestor_items_moved_aside_total",
+                            "Queue items moved to the dead-letter store after they crashed the "
+                            "writer queue.move_aside_after times in a row", ["source"])
 
 # Every process
 BUILD_INFO = Gauge("ha_ingestor_build_info",
@@ -79,6 +90,9 @@ CHILD_UP = Gauge("ha_ingestor_child_up", "1 while the supervised component's pro
                  ["component"])
 CHILD_RESTARTS = Counter("ha_ingestor_child_restarts_total",
                          "Times the supervisor restarted a component that exited", ["component"])
+CHILD_STALLS = Counter("ha_ingestor_child_stalls_total",
+                       "Times the supervisor killed a component whose main loop stopped ticking "
+                       "for run.stall_timeout", ["component"])
 
 
 def set_build_info(component: str) -> None:
@@ -94,7 +108,12 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._send(200, generate_latest(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            self._send(200, b"ok\n")
+            age = HEARTBEAT.age()
+            if age > HEARTBEAT.timeout:
+                self._send(503, f"stalled: the main loop has not ticked for {age:.0f} s "
+                                f"(run.stall_timeout {HEARTBEAT.timeout:g} s)\n".encode())
+            else:
+                self._send(200, b"ok\n")
         elif path == "/readyz":
             ok = self._is_ready()
             self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")

@@ -33,7 +33,7 @@ import orjson
 from persistqueue import SQLiteAckQueue
 from persistqueue.exceptions import Empty
 
-from ha_ingestor.errors import QueueError, QueueFull
+from ha_ingestor.errors import NoSuchItem, QueueError, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,29 @@ _STDLIB_MARK = "__stdlib_json"
 class _Json:
     """persist-queue serializer: JSON, never pickle. orjson where it can (13x faster to encode,
     almost 2x to decode than the standard library, measured on queue items); the standard library
-    for what orjson refuses (integers beyond 64 bits), so any JSON value round-trips."""
+    for what orjson refuses: integers beyond 64 bits, and text that is not valid Unicode (a lone
+    surrogate such as ``"\\ud800"`` in a Home Assistant frame), written as ASCII with ``\\u``
+    escapes. So any JSON value round-trips."""
 
     @staticmethod
     def dumps(value: Any, sort_keys: bool = False) -> bytes:
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
-        except TypeError:                      # orjson.JSONEncodeError: e.g. an int > 64 bits
+        except TypeError:                      # orjson.JSONEncodeError: an int > 64 bits, ...
             if isinstance(value, dict):            # mark it: orjson would read such ints as floats
                 value = {**value, _STDLIB_MARK: True}
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                              sort_keys=sort_keys).encode("utf-8")
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=True,
+                              sort_keys=sort_keys).encode("ascii")
 
     @staticmethod
     def loads(data: bytes) -> Any:
-        value = orjson.loads(data)
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:         # "\ud800" escapes: only the standard library
+            value = json.loads(data)
+            if isinstance(value, dict):
+                value.pop(_STDLIB_MARK, None)
+            return value
         if isinstance(value, dict) and value.pop(_STDLIB_MARK, False):
             value = json.loads(data)
             value.pop(_STDLIB_MARK, None)
@@ -116,6 +124,16 @@ class DeadLetter:
 
 def queue_file(queue_dir: Path | str, source: str) -> Path:
     return Path(queue_dir) / f"{source}.db"
+
+
+def unstorable(event: Any) -> str | None:
+    """Why ``event`` cannot be stored in a queue file, or None when it can (every decoded JSON
+    value can, up to the nesting Python's json module handles)."""
+    try:
+        _Json.dumps(event)
+    except Exception as exc:  # noqa: BLE001 - any failure is the reason
+        return f"cannot be stored in the queue: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
 
 
 def _dead_rows(entries: Iterable[tuple[dict, str]]) -> list[tuple[str, str, float]]:
@@ -355,6 +373,19 @@ class Consumer(_QueueFile):
             _retry_locked(lambda: self._q.nack(id=item_id), self.path, "return a batch")
         self._cursor = 0                     # they are behind the cursor: look from the start
 
+    def dead_letter_item(self, item_id: int, reason: str) -> int:
+        """Move every event of one item (taken or ready) to the dead-letter store with
+        ``reason`` and remove the item, in one transaction. Returns the number of events."""
+        count = _retry_locked(lambda: self._move_aside(item_id, reason), self.path,
+                              "move an item to the dead-letter store")
+        if count is None:
+            raise NoSuchItem(f"{self.path}: no item {item_id} waiting in the queue")
+        return count
+
+    def _move_aside(self, item_id: int, reason: str) -> int | None:
+        with self._q.tran_lock, self._q._putter as conn:
+            return _move_item(conn, item_id, reason)
+
     def events_of(self, item_id: int) -> list[dict]:
         """The events of an item taken and not yet acked, read again from the file, so that the
         writer need not hold every event in memory while InfluxDB answers (it needs one back
@@ -365,6 +396,25 @@ class Consumer(_QueueFile):
         if row is None:
             raise QueueError(f"{self.path}: item {item_id} is no longer in the queue")
         return _Json.loads(row[0])["events"]
+
+
+def _move_item(conn: sqlite3.Connection, item_id: int, reason: str) -> int | None:
+    """Inside a transaction: the item's events into dead_letters, the item deleted. None when
+    there is no such unacknowledged item."""
+    row = conn.execute(f"SELECT data FROM {TABLE} WHERE _id = ? AND status < {STATUS_ACKED}",
+                       (item_id,)).fetchone()
+    if row is None:
+        return None
+    try:
+        events = _Json.loads(row[0])["events"]
+        rows = _dead_rows((event, reason) for event in events)
+    except Exception as exc:  # noqa: BLE001 - an item that cannot be read is kept as its bytes
+        raw = row[0] if isinstance(row[0], str) else bytes(row[0]).decode("utf-8", "replace")
+        rows = _dead_rows([({"item": item_id, "unreadable": raw},
+                            f"{reason} (the item could not be read: {exc})")])
+    conn.executemany(_DEAD_INSERT, rows)
+    conn.execute(f"DELETE FROM {TABLE} WHERE _id = ?", (item_id,))
+    return len(rows)
 
 
 class _transaction:
@@ -479,7 +529,7 @@ def list_dead(queue_dir: Path | str, source: str, limit: int | None = None) -> l
         if limit:
             sql += f" LIMIT {int(limit)}"
         rows = _retry_locked(lambda: conn.execute(sql).fetchall(), path, "list dead letters")
-        return [DeadLetter(i, source, reason, at, json.loads(event))
+        return [DeadLetter(i, source, reason, at, _Json.loads(event))
                 for i, reason, at, event in rows]
     finally:
         conn.close()
@@ -507,6 +557,30 @@ def requeue_dead(queue_dir: Path | str, source: str, ids: Iterable[int] | None =
         return len(letters)
     finally:
         producer.close()
+
+
+def dead_letter_item(queue_dir: Path | str, source: str, item_id: int, reason: str) -> int:
+    """Move one item's events (taken or ready) to the dead-letter store with ``reason`` and
+    remove the item, in one transaction: the repair for an item that keeps a writer from making
+    progress. Returns the number of events; QueueError when there is no such item."""
+    conn = _inspect(queue_dir, source)
+    path = queue_file(queue_dir, source)
+    if conn is None:
+        raise QueueError(f"{path}: no such queue file")
+    try:
+        if not _has_table(conn, TABLE):
+            raise NoSuchItem(f"{path}: no item {item_id} waiting in the queue")
+
+        def move() -> int | None:
+            with _transaction(conn):
+                return _move_item(conn, item_id, reason)
+        count = _retry_locked(move, path, "move an item to the dead-letter store")
+    finally:
+        conn.close()
+    if count is None:
+        raise NoSuchItem(f"{path}: no item {item_id} waiting in the queue (written already, or "
+                         "never there)")
+    return count
 
 
 def purge(queue_dir: Path | str, source: str, dead: bool = False) -> int:

@@ -16,8 +16,17 @@ The supervisor keeps one child per component (``mqtt``, ``ha``, ``writer``) aliv
   A child still running at its deadline is killed. A second signal kills every child at once and
   exits with ``EXIT_KILLED``.
 
+- A child that is running but whose main loop has not ticked its heartbeat for
+  ``run.stall_timeout`` (stopped with SIGSTOP, deadlocked, stuck in a call) is killed with
+  SIGKILL and restarted like a crashed one: a stopped process cannot act on SIGTERM, and its
+  queue items are simply taken again by the next writer. Each child ticks through a pipe the
+  supervisor gives it (``ha_ingestor.lifecycle.Heartbeat``), read here without blocking.
+
 Children run in their own process group, so a Ctrl-C in a terminal reaches only the supervisor
-and the stop order above holds; on Linux they also receive SIGTERM if the supervisor itself dies.
+and the stop order above holds. Children are started without ``preexec_fn`` (Python code run
+between fork and exec can deadlock on a lock another thread of the supervisor held at the fork);
+on Linux each child asks for SIGTERM on the supervisor's death itself, right after it starts, and
+stops at once if the supervisor is already gone (``lifecycle.die_with_parent``).
 
 Exit codes (see :mod:`ha_ingestor.errors`): 0 every child stopped cleanly; 1 a child had to be
 killed at the shutdown deadline or stopped with an error; 2/3 every child exited with that code;
@@ -26,11 +35,10 @@ killed at the shutdown deadline or stopped with an error; 2/3 every child exited
 
 from __future__ import annotations
 
-import ctypes
 import logging
+import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +46,7 @@ from . import metrics as prom
 from . import metrics_influx
 from .backoff import Backoff
 from .errors import (EXIT_AUTH, EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, EXIT_KILLED, EXIT_OK)
-from .lifecycle import StopFlag
+from .lifecycle import HEARTBEAT_FD_ENV, PARENT_PID_ENV, StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,8 @@ class Child:
     argv: list[str]
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
+    beats: int | None = None            # read end of the child's heartbeat pipe
+    last_beat: float = 0.0
     restart_at: float | None = 0.0      # monotonic time of the next start; None: do not start
     last_exit: int | None = None
     restarts: int = 0
@@ -81,7 +91,7 @@ def run(config, stop: StopFlag, child_argv: dict[str, list[str]]) -> int:
         log.error("nothing to run: every component is disabled in the config")
         return EXIT_CONFIG
     supervisor = Supervisor(child_argv, config.run.shutdown_timeout, stop,
-                            config.run.restart_backoff_max)
+                            config.run.restart_backoff_max, config.run.stall_timeout)
     _serve_metrics(config, supervisor)
     return supervisor.run()
 
@@ -90,12 +100,13 @@ class Supervisor:
     """The main loop: start, watch, restart, and stop the children in order."""
 
     def __init__(self, child_argv: dict[str, list[str]], shutdown_timeout: float,
-                 stop: StopFlag, restart_backoff_max: float = 60.0):
+                 stop: StopFlag, restart_backoff_max: float = 60.0, stall_timeout: float = 60.0):
         order = sorted(child_argv, key=lambda n: START_ORDER.index(n) if n in START_ORDER else 99)
         self.children = [Child(name, list(child_argv[name]),
                                crash_backoff=Backoff(cap=restart_backoff_max, **CRASH_BACKOFF))
                          for name in order]
         self.shutdown_timeout = float(shutdown_timeout)
+        self.stall_timeout = float(stall_timeout)
         self.stop = stop
 
     def run(self) -> int:
@@ -115,10 +126,25 @@ class Supervisor:
     def watch_once(self) -> None:
         now = time.monotonic()
         for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                self.check_heartbeat(child, now)
             if child.proc is not None and child.proc.poll() is not None:
                 self.on_exit(child, now)
             if child.proc is None and child.restart_at is not None and now >= child.restart_at:
                 self.start(child)
+
+    def check_heartbeat(self, child: Child, now: float) -> None:
+        """Read the child's ticks; kill it when none came for ``stall_timeout``."""
+        if read_beats(child.beats):
+            child.last_beat = now
+        silent = now - child.last_beat
+        if silent > self.stall_timeout:
+            log.error("%s (pid %d) has not made progress for %.0f s (stopped or stuck; "
+                      "run.stall_timeout %.0f s): killing it; it is restarted", child.name,
+                      child.proc.pid, silent, self.stall_timeout)
+            prom.CHILD_STALLS.labels(child.name).inc()
+            send(child, signal.SIGKILL)
+            child.proc.wait()
 
     def all_ready(self) -> bool:
         return all(child.running() for child in self.children)
@@ -127,18 +153,20 @@ class Supervisor:
 
     def start(self, child: Child) -> None:
         try:
-            child.proc = spawn(child.argv)
+            child.proc, child.beats = spawn(child.argv)
         except OSError as exc:
             log.error("cannot start %s: %s", child.name, exc)
             child.restart_at = time.monotonic() + child.crash_backoff.next_delay()
             return
         child.started_at, child.restart_at = time.monotonic(), None
+        child.last_beat = child.started_at
         prom.CHILD_UP.labels(child.name).set(1)
         log.info("started %s (pid %d)", child.name, child.proc.pid)
 
     def on_exit(self, child: Child, now: float) -> None:
         code, uptime = child.proc.returncode, now - child.started_at
         child.proc, child.last_exit = None, code
+        close_beats(child)
         prom.CHILD_UP.labels(child.name).set(0)
         prom.CHILD_RESTARTS.labels(child.name).inc()
         delay = self.restart_delay(child, code, uptime)
@@ -201,6 +229,7 @@ class Supervisor:
                 log.error("%s did not stop within the shutdown timeout; killing it", child.name)
             send(child, signal.SIGKILL)
         code = child.proc.wait()
+        close_beats(child)
         clean = code == EXIT_OK or code in CLEAN_SIGNALS
         if not clean and not self.killed_at_once():
             log.warning("%s stopped with %s", child.name, describe_exit(code))
@@ -214,17 +243,41 @@ class Supervisor:
 # -- processes and signals ---------------------------------------------------------------------
 
 
-def spawn(argv: list[str]) -> subprocess.Popen:
+def spawn(argv: list[str]) -> tuple[subprocess.Popen, int]:
     """Start a child in its own process group (Ctrl-C reaches only the supervisor, which stops the
-    children in order), dying with SIGTERM if the supervisor dies first."""
-    return subprocess.Popen(argv, process_group=0, preexec_fn=_term_when_parent_dies,
-                            stdin=subprocess.DEVNULL)
+    children in order) with the write end of a heartbeat pipe; returns it and the read end.
+    No ``preexec_fn``: the child arranges to die with the supervisor itself."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    env = {**os.environ, HEARTBEAT_FD_ENV: str(write_end), PARENT_PID_ENV: str(os.getpid())}
+    try:
+        proc = subprocess.Popen(argv, process_group=0, stdin=subprocess.DEVNULL, env=env,
+                                pass_fds=(write_end,))
+    except OSError:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return proc, read_end
 
 
-def _term_when_parent_dies() -> None:
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def read_beats(fd: int | None) -> bool:
+    """Whether the child ticked since the last look (drains the pipe)."""
+    if fd is None:
+        return False
+    ticked = False
+    try:
+        while os.read(fd, 4096):
+            ticked = True
+    except BlockingIOError:
+        pass
+    return ticked
+
+
+def close_beats(child: Child) -> None:
+    if child.beats is not None:
+        os.close(child.beats)
+        child.beats = None
 
 
 def send(child: Child, sig: int) -> None:
@@ -273,8 +326,8 @@ def _drop_component_metrics() -> None:
     metrics)."""
     from prometheus_client import REGISTRY
     from prometheus_client.metrics import MetricWrapperBase
-    ours = (prom.CHILD_UP, prom.CHILD_RESTARTS, prom.BUILD_INFO, metrics_influx.DROPPED,
-            metrics_influx.EXPORTED)
+    ours = (prom.CHILD_UP, prom.CHILD_RESTARTS, prom.CHILD_STALLS, prom.BUILD_INFO,
+            metrics_influx.DROPPED, metrics_influx.EXPORTED)
     for metric in vars(prom).values():
         if isinstance(metric, MetricWrapperBase) and metric not in ours:
             REGISTRY.unregister(metric)

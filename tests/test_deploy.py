@@ -119,11 +119,14 @@ def documented_commands() -> dict[str, set[str]]:
 
 
 def click_command(words: str):
-    """The click command for ``words`` (``queue status``), or None if there is no such command."""
+    """The click command for ``words`` (``queue status``), or None if there is no such command.
+    Words after a command that is not a group are its arguments (``completion fish``)."""
     from ha_ingestor.cli import cli
     command = cli
     for word in words.split():
-        sub = getattr(command, "commands", {}).get(word)
+        if not hasattr(command, "commands"):
+            break
+        sub = command.commands.get(word)
         if sub is None:
             return None
         command = sub

@@ -177,3 +177,26 @@ def test_ha_collector_counters_agree_with_what_ha_fired(ha_test_server, influxdb
                              source="ha") == stored, 30, "HA events written")
     rows = influxdb.query('SELECT count(*) FROM "ha_events"', DB)
     assert rows and max(v for k, v in rows[0].items() if k.startswith("count")) == 1
+
+
+def test_healthz_fails_once_the_main_loop_has_not_ticked_for_the_stall_timeout():
+    """/healthz is the main loop's heartbeat, not the HTTP thread's: a stuck loop fails it."""
+    from ha_ingestor import metrics
+    from ha_ingestor.lifecycle import HEARTBEAT
+    from tests.support.procs import free_port
+    port = free_port()
+    server = metrics.serve("127.0.0.1", port, ready=lambda: True)
+    saved = HEARTBEAT.timeout, HEARTBEAT.last
+    try:
+        HEARTBEAT.timeout = 2.0
+        HEARTBEAT.tick()
+        assert http_get(port, "/healthz")[0] == 200
+        HEARTBEAT.last -= 3.0                      # as if the loop had been stuck for 3 s
+        status, body = http_get(port, "/healthz")
+        assert status == 503 and "has not ticked for 3 s (run.stall_timeout 2 s)" in body
+        HEARTBEAT.tick()
+        assert http_get(port, "/healthz")[0] == 200
+    finally:
+        HEARTBEAT.timeout, HEARTBEAT.last = saved
+        server.shutdown()
+        server.server_close()

@@ -82,8 +82,13 @@ def test_binary_payload_is_a_conversion_error():
         convert("cam/snapshot", b"\xff\xd8\xff\xe0")
 
 
-def test_empty_json_object_writes_nothing():
-    assert convert("a/b", "{}") is None
+def test_a_payload_with_nothing_to_write_is_a_dead_letter_not_a_silent_drop():
+    strict = {"rules": [{"topic": "strict/#", "format": "json"}]}
+    for topic, payload in (("a/b", "{}"), ("a/b", '{"a": null, "b": {}}'), ("strict/x", "null")):
+        with pytest.raises(ConversionError, match="nothing to write") as caught:
+            convert(topic, payload, strict)
+        assert caught.value.kind == "empty"
+    assert convert("a/b", "null").endswith(f'value_str="null" {RX}')   # auto: not JSON-shaped
 
 
 def test_preset_mqtt_statestream_on_real_messages():

@@ -32,9 +32,11 @@ from tests.support.procs import free_port, tail, wait_until
 
 # A stand-in component. It records its pid when it starts and "<name> term <time>" / "<name> exit
 # <time>" in a shared journal; its behaviour comes from argv: graceful [delay] | ignore-term |
-# exit <code>.
+# exit <code>. Like the real components it asks to die with the supervisor and ticks its heartbeat
+# (``ha_ingestor.lifecycle``); with mode ``stall`` it stops ticking after its start.
 CHILD = textwrap.dedent("""
     import os, signal, sys, time
+    from ha_ingestor.lifecycle import HEARTBEAT, die_with_parent
     journal, name, mode, *rest = sys.argv[1:]
     def note(what):
         with open(journal, "a") as f:
@@ -46,9 +48,16 @@ CHILD = textwrap.dedent("""
     def on_term(signum, frame):
         stopping.append(signum)
         note("term")
-    signal.signal(signal.SIGTERM, on_term if mode == "graceful" else signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_term if mode in ("graceful", "stall") else signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    class Parent:
+        def set(self):
+            on_term(signal.SIGTERM, None)
+    die_with_parent(Parent())
+    HEARTBEAT.report_to_supervisor()
     while not stopping:
+        if mode != "stall":
+            HEARTBEAT.tick()
         time.sleep(0.02)
     time.sleep(float(rest[0]) if rest else 0)
     note("exit")
@@ -68,7 +77,8 @@ DRIVER = textwrap.dedent("""
 class StandIns:
     """A supervisor driving stand-in children; ``journal()`` reads what the children did."""
 
-    def __init__(self, tmp_path: Path, children: dict[str, list[str]], shutdown_timeout="5s"):
+    def __init__(self, tmp_path: Path, children: dict[str, list[str]], shutdown_timeout="5s",
+                 stall_timeout="60s"):
         self.dir = tmp_path
         self.journal_path = tmp_path / "journal.txt"
         self.metrics_port = free_port()
@@ -77,7 +87,7 @@ class StandIns:
         config = {"queue": {"dir": str(tmp_path / "queue")}, "mqtt": {"enabled": False},
                   "homeassistant": {"enabled": False},
                   "metrics": {"ports": {"run": self.metrics_port}},
-                  "run": {"shutdown_timeout": shutdown_timeout}}
+                  "run": {"shutdown_timeout": shutdown_timeout, "stall_timeout": stall_timeout}}
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
         argv = {name: [sys.executable, str(tmp_path / "child.py"), str(self.journal_path), name,
                        *args] for name, args in children.items()}
@@ -256,6 +266,33 @@ def test_children_stop_when_the_supervisor_is_killed(stand_ins):
     sup.proc.wait(5)
     wait_until(lambda: not any(alive(pid) for pid in pids), 10, "orphaned children gone")
     assert sup.pids("writer", "term")        # they got SIGTERM: a graceful stop
+
+
+def test_a_child_that_stops_ticking_is_killed_and_restarted(stand_ins):
+    sup = stand_ins({"writer": ["graceful"], "mqtt": ["stall"]}, stall_timeout="2s")
+    stuck = sup.wait_started("mqtt")
+    writer = sup.wait_started("writer")
+    replacement = sup.wait_started("mqtt", count=2, timeout=10)
+    assert replacement != stuck and not alive(stuck)
+    assert "mqtt (pid %d) has not made progress for" % stuck in sup.log()
+    assert sup.pids("writer") == [writer]          # a ticking child is left alone
+    os.kill(sup.proc.pid, signal.SIGTERM)
+    assert sup.wait_exit(15) in (EXIT_OK, EXIT_FAILURE)
+
+
+def test_a_child_whose_supervisor_died_before_it_started_stops_at_once(tmp_path):
+    """The race a ``preexec_fn`` used to close: the parent dies between fork and the child's
+    PR_SET_PDEATHSIG. The child sees another parent and stops as if told to."""
+    (tmp_path / "child.py").write_text(CHILD)
+    journal = tmp_path / "journal.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HA_INGESTOR_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["HA_INGESTOR_PARENT_PID"] = str(os.getpid() + 1_000_000)    # not its parent
+    child = subprocess.Popen([sys.executable, str(tmp_path / "child.py"), str(journal), "w",
+                              "graceful"], env=env)
+    assert child.wait(20) == 0
+    assert [line.split()[1] for line in journal.read_text().splitlines()] == \
+        ["start", "term", "exit"]
 
 
 # ---- the whole product: `ha-ingestor run` against real servers -----------------------------
@@ -437,6 +474,41 @@ def test_sigterm_under_load_exits_0_and_a_restart_loses_and_doubles_nothing(
     assert sorted(values) == list(map(float, acked)), "MQTT messages missing or doubled"
     assert set(ha_points(influxdb)) >= fired_states(ha_test_server)   # InfluxDB keeps one
     # point per entity and time_fired, so HA copies (backfill, resync) cannot double anything
+
+
+def test_a_sigstopped_writer_fails_healthz_and_is_replaced_losing_and_doubling_nothing(
+        product, mosquitto, influxdb, ha_test_server):
+    """A stopped (or stuck) writer holds its batch and answers nothing; ha-ingestor run notices
+    within run.stall_timeout that it stopped ticking, kills it and starts another."""
+    ing = product
+    ing.write_config({"run": {"stall_timeout": "5s"}})
+    run = start_run(ing)
+    health = f"http://127.0.0.1:{ing.config['metrics']['ports']['writer']}/healthz"
+    flow = MqttFlow(mosquitto.port, rate=200)
+    ha_test_server.set_rate(50)
+    try:
+        time.sleep(2)
+        assert http_get(health)[0] == 200
+        stopped = child_pids(run.pid)["writer"]
+        os.kill(stopped, signal.SIGSTOP)
+        began = time.monotonic()
+        assert http_get(health)[0] != 200                 # no answer from a stopped process
+        wait_until(lambda: child_pids(run.pid).get("writer", stopped) != stopped, 15,
+                   "the stopped writer replaced")
+        replaced_after = time.monotonic() - began
+        wait_until(lambda: http_get(health)[0] == 200, 30, "the new writer healthy")
+        time.sleep(2)
+    finally:
+        ha_test_server.set_rate(0)
+        acked = flow.finish()
+    assert 4 <= replaced_after <= 8, replaced_after      # run.stall_timeout (5 s) + polling
+    assert "writer (pid %d) has not made progress for" % stopped in ing.log_path("run").read_text()
+    wait_all_written(influxdb, acked, ha_test_server)
+    time.sleep(2)                         # anything doubled would arrive by now
+    assert sorted(mqtt_points(influxdb)) == list(map(float, acked)), "missing or doubled"
+    assert run.poll() is None
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait(30) == EXIT_OK
 
 
 def test_run_does_not_hot_restart_a_collector_whose_token_is_refused(influxdb, ha_test_server,

@@ -22,7 +22,8 @@ def run(config, stop) -> int:
     influx = config.influxdb
     sink = open_sink(influx)
     loop = WriterLoop(config.queue.dir, sink, Converter(config.schema), stop,
-                      batch_size=influx.batch_size, flush_interval=influx.flush_interval)
+                      batch_size=influx.batch_size, flush_interval=influx.flush_interval,
+                      move_aside_after=config.queue.move_aside_after)
     if config.metrics.enabled:
         metrics.serve(config.metrics.host, config.metrics.ports["writer"], ready=loop.ready)
     target = influx.bucket if influx.api == "v2" else influx.database

@@ -1,8 +1,8 @@
 """One envelope from the queue → zero or one line of line protocol.
 
 ``Converter.convert`` is pure: the same envelope always gives the same line, so a replayed event
-rewrites the identical point. Any error raised while converting one event is that event's problem
-only: the loop dead-letters it with the message and carries on.
+rewrites the identical point. Whatever converting one event raises is that event's problem only:
+it becomes a ConversionError naming what is wrong, and the loop dead-letters the event with it.
 """
 
 from __future__ import annotations
@@ -11,32 +11,31 @@ from typing import Any
 
 from ha_ingestor.config.schema import SchemaConfig
 from ha_ingestor.envelope import HA, MQTT
+from ha_ingestor.errors import ConversionError
 from writer.schema_events import EventsSchemaHA
 from writer.schema_ha import StateChangedSchemaHA
 from writer.schema_mqtt import MqttSchemaConverter
 
-
-class ConversionError(ValueError):
-    """This event cannot become a point; the message says why."""
+__all__ = ["ConversionError", "Converter"]
 
 
 class Converter:
     def __init__(self, schema: SchemaConfig):
         self.schema = schema
-        self.states = StateChangedSchemaHA(schema.state_changed)
-        self.events = EventsSchemaHA(schema.events)
-        self.mqtt = MqttSchemaConverter(schema.mqtt)
+        self.states = StateChangedSchemaHA(schema.state_changed, schema.limits)
+        self.events = EventsSchemaHA(schema.events, schema.limits)
+        self.mqtt = MqttSchemaConverter(schema.mqtt, schema.limits)
 
     def convert(self, envelope: dict[str, Any]) -> str | None:
         """The line for ``envelope``, or None when the schema writes nothing for it.
 
-        Raises ConversionError naming what is wrong with the event."""
+        Raises ConversionError naming what is wrong with the event, whatever went wrong."""
         try:
             return self._convert(envelope)
         except ConversionError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise ConversionError(_describe(exc)) from None
+        except Exception as exc:       # noqa: BLE001 - one event's problem, never the writer's
+            raise ConversionError(_describe(exc), _kind(exc)) from None
 
     def _convert(self, envelope: dict[str, Any]) -> str | None:
         if not isinstance(envelope, dict):
@@ -45,6 +44,9 @@ class Converter:
         if source == MQTT:
             return self.mqtt.to_line(envelope)
         if source == HA:
+            if "event" not in envelope and "frame" in envelope:
+                raise ConversionError(f"a Home Assistant frame the collector could not read: "
+                                      f"{envelope.get('error', '?')}", "unreadable")
             event = envelope["event"]
             if event["event_type"] == "state_changed":
                 if not self.schema.state_changed.enabled:
@@ -59,4 +61,16 @@ def _describe(exc: Exception) -> str:
         return f"malformed event: missing {exc.args[0]!r}"
     if isinstance(exc, (TypeError, AttributeError)):
         return f"malformed event: {exc}"
-    return str(exc)
+    if isinstance(exc, RecursionError):
+        return "malformed event: nested too deeply to convert"
+    if isinstance(exc, (ValueError, OverflowError)):
+        return str(exc)
+    return f"unexpected {type(exc).__name__} while converting: {exc}"
+
+
+def _kind(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "limit"
+    if isinstance(exc, (KeyError, TypeError, AttributeError, ValueError, OverflowError)):
+        return "malformed"
+    return "unexpected"

@@ -9,6 +9,12 @@ letters and ack the queue items. A write has three outcomes:
   dead-letter only the events whose lines InfluxDB rejects, with its reason; 413: split;
 - not written (network, 5xx, 429, wrong credentials, missing database): keep the batch and retry
   for ever with the shared backoff (honouring ``Retry-After``); nothing is dropped.
+
+One event's problem is that event's problem: whatever converting it or encoding its line raises,
+the event becomes a dead letter with the reason and the rest of the batch goes on; an unexpected
+error while writing is bisected down to the line like a rejection. An item that kills the writer
+process itself is moved aside by ``writer.crashguard``. The main loop ticks the heartbeat
+(``/healthz``, ``ha-ingestor run``) on every round and while it waits for InfluxDB.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from pathlib import Path
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import SOURCES
-from ha_ingestor.errors import PermanentError, TransientError
-from ha_ingestor.lifecycle import StopFlag
+from ha_ingestor.errors import ConversionError, PermanentError, TransientError
+from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 from ha_ingestor.queue import Consumer, queue_file
-from writer.convert import ConversionError, Converter
+from writer.convert import Converter
+from writer.crashguard import CrashGuard
 from writer.sinks import AccessDenied, Sink, TooLarge
 
 log = logging.getLogger("writer")
@@ -34,6 +41,7 @@ log = logging.getLogger("writer")
 IDLE_POLL_S = 0.05          # how often an idle writer looks for new events
 NEW_FILE_CHECK_S = 1.0      # how often it looks for a queue file that did not exist yet
 STATUS_EVERY_S = 5.0        # queue gauges and the progress line
+WRITE_WAIT_SLICE_S = 1.0    # how often the heartbeat ticks while a write is retried
 BEHIND_THRESHOLD = 20_000   # events waiting before the progress line appears
 ACCESS_BACKOFF = dict(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
 
@@ -50,18 +58,20 @@ class Round:
 
     taken: dict[str, list[int]] = field(default_factory=dict)       # source -> item ids
     counts: dict[str, int] = field(default_factory=dict)            # source -> events
-    lines: list[str] = field(default_factory=list)
+    lines: list[bytes] = field(default_factory=list)                # UTF-8, one per point
     owners: list[tuple[str, int, int]] = field(default_factory=list)  # per line
     dead: dict[str, list[tuple[dict, str]]] = field(default_factory=dict)
+    dead_kinds: dict[str, list[str]] = field(default_factory=dict)  # metric label per dead letter
     events: int = 0
 
-    def add_dead(self, source: str, event: dict, reason: str) -> None:
+    def add_dead(self, source: str, event: dict, reason: str, kind: str) -> None:
         self.dead.setdefault(source, []).append((event, reason))
+        self.dead_kinds.setdefault(source, []).append(kind)
 
 
 class WriterLoop:
     def __init__(self, queue_dir: Path, sink: Sink, converter: Converter, stop: StopFlag,
-                 batch_size: int, flush_interval: float):
+                 batch_size: int, flush_interval: float, move_aside_after: int = 3):
         self.queue_dir = Path(queue_dir)
         self.sink = sink
         self.converter = converter
@@ -69,6 +79,7 @@ class WriterLoop:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.consumers: dict[str, Consumer] = {}
+        self.guard = CrashGuard(move_aside_after)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=10.0)   # an outage ends: resume soon
         self.access_backoff = Backoff(**ACCESS_BACKOFF)
         self.influx_ok = False
@@ -97,9 +108,11 @@ class WriterLoop:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-write")
         try:
             while not self.stop.is_set():
+                HEARTBEAT.tick()
                 self._open_new_files()
                 self._report_status()
                 batch = self._take_round()
+                self.guard.converted()
                 if pending is not None:
                     self._complete(*pending)
                     pending = None
@@ -131,8 +144,9 @@ class WriterLoop:
         self._checked_files_at = now
         for source in SOURCES:
             if source not in self.consumers and queue_file(self.queue_dir, source).exists():
-                self.consumers[source] = Consumer(self.queue_dir, source)
+                consumer = self.consumers[source] = Consumer(self.queue_dir, source)
                 log.info("reading queue %s", queue_file(self.queue_dir, source))
+                self.guard.opened(source, consumer)
 
     def _take_round(self) -> Round:
         """Up to batch_size events, fairly across sources; waits up to flush_interval for more
@@ -175,6 +189,8 @@ class WriterLoop:
             if not items:
                 break
             item = items[0]
+            if not self.guard.before(source, consumer, item.item_id):
+                continue
             batch.taken.setdefault(source, []).append(item.item_id)
             batch.counts[source] = batch.counts.get(source, 0) + len(item.events)
             batch.events += len(item.events)
@@ -184,17 +200,29 @@ class WriterLoop:
         return taken > 0
 
     def _convert(self, batch: Round, source: str, item_id: int, events: list[dict]) -> None:
+        """Each event to its UTF-8 line; an event that cannot become one is a dead letter."""
         convert = self.converter.convert
         lines, owners = batch.lines, batch.owners
         for index, event in enumerate(events):
             try:
                 line = convert(event)
+                if line is None:
+                    continue
+                data = line.encode("utf-8")
             except ConversionError as exc:
-                batch.add_dead(source, event, f"conversion: {exc}")
+                batch.add_dead(source, event, f"conversion: {exc}", exc.kind)
                 continue
-            if line is not None:
-                lines.append(line)
-                owners.append((source, item_id, index))
+            except UnicodeEncodeError as exc:
+                batch.add_dead(source, event, f"conversion: {_not_unicode(exc)}", "text")
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug must cost one event, not the writer
+                log.exception("unexpected error converting a %s event; it is a dead letter",
+                              source)
+                batch.add_dead(source, event, f"conversion: unexpected {type(exc).__name__}: "
+                                              f"{exc}", "unexpected")
+                continue
+            lines.append(data)
+            owners.append((source, item_id, index))
 
     # ---- writing --------------------------------------------------------------------------------
 
@@ -213,10 +241,12 @@ class WriterLoop:
         self._finish(batch, len(batch.lines) - len(rejected))
 
     def _wait_for(self, future: Future) -> list[tuple[int, str]]:
-        """The write's result; queue gauges stay fresh while InfluxDB is away."""
+        """The write's result; queue gauges stay fresh and the heartbeat ticks while InfluxDB
+        is away."""
         while True:
+            HEARTBEAT.tick()
             try:
-                return future.result(timeout=STATUS_EVERY_S)
+                return future.result(timeout=WRITE_WAIT_SLICE_S)
             except FutureTimeout:
                 self._report_status()
 
@@ -227,16 +257,15 @@ class WriterLoop:
             if (source, item_id) not in items:
                 items[(source, item_id)] = self.consumers[source].events_of(item_id)
             batch.add_dead(source, items[(source, item_id)][position],
-                           f"rejected by InfluxDB: {reason}")
+                           f"rejected by InfluxDB: {reason}", "rejected")
 
     def _finish(self, batch: Round, points: int) -> None:
         for source, item_ids in batch.taken.items():
             consumer = self.consumers[source]
             dead = batch.dead.get(source, [])
             if dead:
-                for _event, reason in dead:
-                    metrics.DEAD_LETTERS.labels(source=source,
-                                                reason=reason.split(":", 1)[0]).inc()
+                for kind in batch.dead_kinds[source]:
+                    metrics.DEAD_LETTERS.labels(source=source, reason=kind).inc()
                 log.warning("%d %s events moved to the dead-letter store, first: %s",
                             len(dead), source, dead[0][1][:300])
             consumer.ack(item_ids, dead)
@@ -244,7 +273,7 @@ class WriterLoop:
         metrics.POINTS_WRITTEN.inc(points)
         self._points_since_status += points
 
-    def _deliver_all(self, lines: list[str]) -> list[tuple[int, str]]:
+    def _deliver_all(self, lines: list[bytes]) -> list[tuple[int, str]]:
         """Write in requests of at most batch_size lines (one queue item may hold more events
         than a batch when the collectors are configured so)."""
         rejected: list[tuple[int, str]] = []
@@ -252,7 +281,7 @@ class WriterLoop:
             rejected += self._deliver(lines[start:start + self.batch_size], start)
         return rejected
 
-    def _deliver(self, lines: list[str], offset: int) -> list[tuple[int, str]]:
+    def _deliver(self, lines: list[bytes], offset: int) -> list[tuple[int, str]]:
         """Write ``lines``; returns (index, reason) of the lines InfluxDB rejects for good."""
         try:
             self._write_retrying(lines)
@@ -266,8 +295,10 @@ class WriterLoop:
         half = len(lines) // 2
         return self._deliver(lines[:half], offset) + self._deliver(lines[half:], offset + half)
 
-    def _write_retrying(self, lines: list[str]) -> None:
-        """Write until InfluxDB accepts or rejects the lines; raises Stopping on a stop request."""
+    def _write_retrying(self, lines: list[bytes]) -> None:
+        """Write until InfluxDB accepts or rejects the lines; raises Stopping on a stop request.
+        An unexpected error from the sink is treated as a rejection, so bisecting finds the line
+        that caused it and the rest is written."""
         while True:
             started = time.monotonic()
             try:
@@ -278,6 +309,11 @@ class WriterLoop:
             except PermanentError:
                 self._mark_up(True)   # InfluxDB answered: it is up
                 raise
+            except Exception as exc:  # noqa: BLE001 - isolated by bisecting, never a crash
+                if len(lines) == 1:
+                    log.exception("unexpected error writing one line; it is a dead letter")
+                raise PermanentError(f"error while writing: {type(exc).__name__}: {exc}"
+                                     ) from None
             metrics.WRITE_LATENCY.observe(time.monotonic() - started)
             self._mark_up(True)
             return
@@ -352,6 +388,14 @@ class WriterLoop:
             log.info("%s", progress_line(behind, rate))
         self._status_at = now
         self._points_since_status = 0
+
+
+def _not_unicode(exc: UnicodeEncodeError) -> str:
+    """Where a line holds text InfluxDB cannot store (a lone surrogate from a JSON escape)."""
+    text = exc.object
+    before = text[max(0, exc.start - 60):exc.start]
+    return (f"text that is not valid Unicode ({text[exc.start:exc.end]!r} at character "
+            f"{exc.start} of the line, after {before!r}); InfluxDB stores only UTF-8")
 
 
 def progress_line(behind: int, points_per_s: float) -> str:

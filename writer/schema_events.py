@@ -2,18 +2,24 @@
 
 Tags: ``event_type`` and, where the event carries them, ``domain``, ``service`` and ``entity_id``
 (from ``data.entity_id`` or ``data.service_data.entity_id``; several ids are joined with ``,``).
-Fields: ``fired`` = 1.0 (so every event has a field and ``count(fired)`` counts events), the event
-data flattened by the stable-type rule of ``writer.fields`` (tag keys are not repeated as fields),
-and the context ids as ``context_id_str``, ``context_parent_id_str``, ``context_user_id_str``.
-Time: ``time_fired`` in ns.
+Fields: ``fired`` = 1.0 (so every event has a field and ``count(fired)`` counts events), the
+context ids as ``context_id_str``, ``context_parent_id_str``, ``context_user_id_str``, and the
+event data flattened by the stable-type rule of ``writer.fields`` (tag keys are not repeated as
+fields; a data key that meets a name already used gets ``_``). Keys in ``secret_keys`` (alarm
+codes, PINs, passwords, tokens in ``service_data`` or anywhere in the data) are not written and
+are counted. Time: ``time_fired`` in ns. Names and text are stored exactly as sent
+(``writer.lineprotocol.EXACT``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ha_ingestor.config.schema import EventsSchema
-from writer.fields import add_value
+from ha_ingestor import metrics
+from ha_ingestor.config.schema import EventsSchema, SchemaLimits
+from ha_ingestor.envelope import HA
+from ha_ingestor.errors import ConversionError
+from writer.fields import Flattener, flatten_value
 from writer.lineprotocol import make_line
 from writer.schema_ha import time_to_ns
 
@@ -21,10 +27,12 @@ _TAG_KEYS = ("domain", "service", "entity_id")
 
 
 class EventsSchemaHA:
-    def __init__(self, config: EventsSchema):
+    def __init__(self, config: EventsSchema, limits: SchemaLimits = SchemaLimits()):
         self.config = config
         self.include = set(config.include)
         self.exclude = set(config.exclude)
+        self.flattener = Flattener(limits, secret_keys=config.secret_keys)
+        self._withheld = metrics.SECRETS_WITHHELD.labels(source=HA)
 
     def wanted(self, event_type: str) -> bool:
         if not self.config.enabled or event_type in self.exclude:
@@ -37,7 +45,7 @@ class EventsSchemaHA:
             return None
         data = event.get("data") or {}
         if not isinstance(data, dict):
-            raise ValueError(f"event data must be an object, got {type(data).__name__}")
+            raise ConversionError(f"event data must be an object, got {type(data).__name__}")
         tags = {"event_type": event_type}
         for key in _TAG_KEYS:
             value = data.get(key)
@@ -48,15 +56,14 @@ class EventsSchemaHA:
             if entity_ids:
                 tags["entity_id"] = entity_ids
         fields: dict[str, float | str] = {"fired": 1.0}
-        for key, value in data.items():
-            if key in _TAG_KEYS and type(value) is str:
-                continue
-            add_value(fields, key, value)
         context = event.get("context")
         if isinstance(context, dict):
             for key in ("id", "parent_id", "user_id"):
                 if type(context.get(key)) is str:
                     fields[f"context_{key}_str"] = context[key]
+        fields, withheld = flatten_value(data, self.flattener, into=fields, skip_text=_TAG_KEYS)
+        if withheld:
+            self._withheld.inc(withheld)
         return make_line(self.config.measurement, tags, fields, time_to_ns(event["time_fired"]))
 
 

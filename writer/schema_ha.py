@@ -6,18 +6,26 @@ of the entity filter it uses (``helpers/entityfilter.py``), of ``EntityValues`` 
 WebSocket API delivers it. The only input HA has and we do not is the Python type of an attribute
 (the WebSocket sends JSON); ``datetime_attributes`` restores the one that shows in the data
 (``str(datetime)`` uses a space where ``isoformat`` has a ``T``). See docs/schema.md.
+
+Where HA's own line would lose data, this one does not (docs/schema.md, "Where we differ from
+HA"): a field name that is taken, ``time`` or empty gets ``_`` appended until it can be stored and
+is unused (HA appends one ``_`` to a taken name and may overwrite a field), names ending in a
+backslash and measurements starting with ``#`` are mapped (``writer.names``), and the limits of
+``schema.limits`` hold.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ha_ingestor.config.schema import EntityFilter, EntityOverride, StateChangedSchema, \
-    glob_to_regex
-from writer.lineprotocol import make_line
+from ha_ingestor.config.schema import EntityFilter, EntityOverride, SchemaLimits, \
+    StateChangedSchema, glob_to_regex
+from ha_ingestor.errors import ConversionError
+from ha_ingestor.memo import Memo
+from writer.lineprotocol import HA, make_line
+from writer.names import ha_stored_name
 
 STATE_UNKNOWN = "unknown"
 STATE_UNAVAILABLE = "unavailable"
@@ -31,6 +39,7 @@ RE_DECIMAL = re.compile(r"[^\d.]+")
 _ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?([+-]\d{2}:\d{2}|Z)?$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MAX_CACHED_ENTITIES = 16384
+_CANNOT_STORE = ("time", "")       # InfluxDB drops a field called time and refuses an empty name
 
 
 def time_to_ns(text: str) -> int:
@@ -106,16 +115,10 @@ class EntityConfig:
         self._exact = dict(exact)
         self._domain = dict(domain)
         self._glob = [(re.compile(glob_to_regex(k)), v) for k, v in glob]
-        self._cache: dict[str, dict[str, Any]] = {}
+        self._found = Memo(self._lookup, _MAX_CACHED_ENTITIES)
 
     def get(self, entity_id: str) -> dict[str, Any]:
-        found = self._cache.get(entity_id)
-        if found is None:
-            found = self._lookup(entity_id)
-            if len(self._cache) >= _MAX_CACHED_ENTITIES:
-                self._cache.clear()
-            self._cache[entity_id] = found
-        return found
+        return self._found[entity_id]
 
     def _lookup(self, entity_id: str) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -140,8 +143,11 @@ class StateChangedSchemaHA:
     """Turns one HA ``state_changed`` event (the ``event`` object) into one line, or None when
     HA's integration would not write it."""
 
-    def __init__(self, config: StateChangedSchema):
+    def __init__(self, config: StateChangedSchema, limits: SchemaLimits = SchemaLimits()):
         self.config = config
+        self.max_fields = limits.max_fields
+        self.max_string_bytes = limits.max_string_bytes
+        self.short_text = limits.max_string_bytes // 4     # shorter text is within the limit
         self.entity_filter = build_entity_filter(config.include, config.exclude)
         self.tags = dict(config.tags)
         self.tags_attributes = set(config.tags_attributes)
@@ -155,7 +161,7 @@ class StateChangedSchemaHA:
         point = self.to_point(event)
         if point is None:
             return None
-        return make_line(*point)
+        return make_line(*point, dialect=HA)
 
     def to_point(self, event: dict[str, Any]) -> tuple[str, dict, dict, int] | None:
         """(measurement, tags, fields, time_ns), as ``event_to_json`` builds it."""
@@ -178,7 +184,10 @@ class StateChangedSchemaHA:
         tags: dict[str, Any] = {"domain": domain, "entity_id": object_id}
         fields: dict[str, Any] = {}
         if include_state:
-            fields["state"] = state_value
+            if len(state_value) > self.short_text:
+                self._put(fields, "state", state_value)
+            else:
+                fields["state"] = state_value
         if include_value:
             fields["value"] = state_as_value
         ignore = set(entity_config.get("ignore_attributes", ()))
@@ -189,6 +198,9 @@ class StateChangedSchemaHA:
             elif ((key != "unit_of_measurement" or include_uom)
                   and (key != "device_class" or include_dc) and key not in ignore):
                 self._add_attribute(fields, key, value)
+        if len(fields) > self.max_fields:
+            raise ConversionError(f"more than schema.limits.max_fields ({self.max_fields}) "
+                                  "fields", "limit")
         tags.update(self.tags)
         return (str(measurement), _tag_strings(tags), fields, time_to_ns(event["time_fired"]))
 
@@ -227,60 +239,79 @@ class StateChangedSchemaHA:
         if type(value) is str:
             number, digit_tail = _string_attribute(value)
             if number is not None:
-                fields[key] = number
+                if key in fields or key in _CANNOT_STORE or key[-1:] == "\\" or \
+                        number - number != 0.0:
+                    self._put(fields, key, number)
+                else:
+                    fields[key] = number        # the usual case, without a call
+                return
+            name = f"{key}_str"
+            if name in fields or len(value) > self.short_text:
+                self._put(fields, name, value)
             else:
-                fields[f"{key}_str"] = value
-                if digit_tail is not None:
+                fields[name] = value
+            if digit_tail is not None:
+                if key in fields or key in _CANNOT_STORE or key[-1:] == "\\":
+                    self._put(fields, key, digit_tail)
+                else:
                     fields[key] = digit_tail
         else:
             try:
-                fields[key] = float(value)
+                self._put(fields, key, float(value))
             except (ValueError, TypeError, OverflowError):
                 new_value = str(value)
-                fields[f"{key}_str"] = new_value
+                self._put(fields, f"{key}_str", new_value)
                 if RE_DIGIT_TAIL.match(new_value):
-                    fields[key] = float(RE_DECIMAL.sub("", new_value))
-        number = fields.get(key)
-        if type(number) is float and not math.isfinite(number):
-            del fields[key]
+                    self._put(fields, key, float(RE_DECIMAL.sub("", new_value)))
+
+    def _put(self, fields: dict, key: str, value: float | str) -> None:
+        """``fields[key] = value`` as HA does, except where HA's line would lose data: a field
+        name that is taken, ``time``, empty or ends in a backslash gets ``_`` appended until it
+        can be stored and is unused; NaN and infinity are left out (as HA does); the limits."""
+        if type(value) is float and value - value != 0.0:
+            return
+        if type(value) is str and len(value) * 4 > self.max_string_bytes and \
+                len(value.encode("utf-8", "surrogatepass")) > self.max_string_bytes:
+            raise ConversionError(f"field {key[:200]!r} is longer than schema.limits."
+                                  f"max_string_bytes ({self.max_string_bytes} bytes)", "limit")
+        if key in fields or key in _CANNOT_STORE or key[-1:] == "\\":
+            key = ha_stored_name(key)
+            while key in fields or key in _CANNOT_STORE:
+                key += "_"
+        fields[key] = value
 
 
-def _state_fields(state: str) -> tuple[bool, bool, float | None]:
-    """(include ``state``, include ``value``, value) as ``event_to_json`` decides them; cached,
+def _state_fields_of(state: str) -> tuple[bool, bool, float | None]:
+    """(include ``state``, include ``value``, value) as ``event_to_json`` decides them; memoised,
     since states repeat and a failed ``float()`` is slow."""
-    found = _STATES.get(state)
-    if found is None:
+    try:
+        return (False, True, float(state))
+    except ValueError:
         try:
-            found = (False, True, float(state))
+            return (True, True, float(state_as_number(state)))
         except ValueError:
-            try:
-                found = (True, True, float(state_as_number(state)))
-            except ValueError:
-                found = (True, False, None)
-        if len(_STATES) >= _MAX_CACHED_VALUES:
-            _STATES.clear()
-        _STATES[state] = found
-    return found
+            return (True, False, None)
 
 
-def _string_attribute(value: str) -> tuple[float | None, float | None]:
+def _string_attribute_of(value: str) -> tuple[float | None, float | None]:
     """For a string attribute: (``float(value)`` or None, the digit-tail number or None)."""
-    found = _STRINGS.get(value)
-    if found is None:
-        try:
-            found = (float(value), None)
-        except ValueError:
-            found = (None, float(RE_DECIMAL.sub("", value)) if RE_DIGIT_TAIL.match(value)
-                     else None)
-        if len(_STRINGS) >= _MAX_CACHED_VALUES:
-            _STRINGS.clear()
-        _STRINGS[value] = found
-    return found
+    try:
+        return (float(value), None)
+    except ValueError:
+        return (None, float(RE_DECIMAL.sub("", value)) if RE_DIGIT_TAIL.match(value) else None)
 
 
 _MAX_CACHED_VALUES = 100_000
-_STATES: dict[str, tuple] = {}
-_STRINGS: dict[str, tuple] = {}
+_STATES = Memo(_state_fields_of, _MAX_CACHED_VALUES)
+_STRINGS = Memo(_string_attribute_of, _MAX_CACHED_VALUES)
+
+
+def _state_fields(state: str) -> tuple[bool, bool, float | None]:
+    return _STATES[state]
+
+
+def _string_attribute(value: str) -> tuple[float | None, float | None]:
+    return _STRINGS[value]
 
 
 def _tag_strings(tags: dict[str, Any]) -> dict[str, str]:

@@ -14,20 +14,23 @@ Time: the collector's receive time, so re-sending a queued message rewrites the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from ha_ingestor.config.schema import MQTT_PRESETS, MqttPreset, MqttRule, MqttSchema
 from ha_ingestor.envelope import mqtt_payload
+from ha_ingestor.errors import ConversionError
+from ha_ingestor.memo import Memo
 from ha_ingestor.topicfilter import Pattern
-from writer.fields import add_value, parse_number
+from writer.fields import Flattener, Limits, flatten_json, parse_json, parse_number
 from writer.lineprotocol import make_line
+from writer.names import stored_key
 
 ESPHOME_COMPONENTS = ("sensor", "binary_sensor", "switch", "light", "fan", "cover", "climate",
                       "text_sensor", "number", "select", "button", "lock", "valve", "text",
                       "datetime", "event", "alarm_control_panel", "media_player", "siren")
 _MAX_CACHED_TOPICS = 65536
+_JSON_SPACE = " \t\r\n"
 
 
 def preset_rules(preset: MqttPreset) -> tuple[MqttRule, ...]:
@@ -100,43 +103,38 @@ class _Target:
 
 
 class MqttSchemaConverter:
-    def __init__(self, config: MqttSchema):
+    def __init__(self, config: MqttSchema, limits: Limits = Limits()):
         self.config = config
         rules = list(config.rules)
         for preset in config.presets:
             rules.extend(preset_rules(preset))
         self.rules = [_Compiled(r, Pattern.compile(r.topic, named=True), dict(r.match))
                       for r in rules]
-        self.bools_as_float = config.bools == "float"
-        self._targets: dict[str, _Target] = {}
+        self.flattener = Flattener(limits, config.separator, config.bools == "float")
+        self._targets = Memo(self._resolve, _MAX_CACHED_TOPICS)
 
     def to_line(self, event: dict[str, Any]) -> str | None:
-        """The point for one MQTT envelope, or None (skipped by a rule, or nothing to write)."""
+        """The point for one MQTT envelope, or None when a rule skips its topic. Raises
+        ConversionError when the message cannot become a point (binary payload, nothing to
+        write, a name InfluxDB cannot store, a limit)."""
         if not self.config.enabled:
             return None
         topic = event["topic"]
-        target = self._target(topic)
+        target = self._targets[topic]
         if target.skip:
             return None
         if event.get("pe") == "b64":
-            raise ValueError(f"payload of {len(mqtt_payload(event))} bytes on {topic!r} is not "
-                             "UTF-8 text; no payload format converts binary data")
+            raise ConversionError(f"payload of {len(mqtt_payload(event))} bytes on {topic!r} is "
+                                  "not UTF-8 text; no payload format converts binary data",
+                                  "binary")
         fields = self._fields(event["p"], target)
         if not fields:
-            return None
+            raise ConversionError(f"nothing to write: the payload on {topic!r} holds no value "
+                                  "(an empty JSON object, or only nulls)", "empty")
         tags = target.tags
         if self.config.retain_tag:
             tags = {**tags, self.config.retain_tag: "true" if event.get("retain") else "false"}
         return make_line(target.measurement, tags, fields, int(event["rx"]))
-
-    def _target(self, topic: str) -> _Target:
-        target = self._targets.get(topic)
-        if target is None:
-            target = self._resolve(topic)
-            if len(self._targets) >= _MAX_CACHED_TOPICS:
-                self._targets.clear()
-            self._targets[topic] = target
-        return target
 
     def _resolve(self, topic: str) -> _Target:
         levels = topic.split("/")
@@ -156,36 +154,37 @@ class MqttSchemaConverter:
         return _Target(False, config.measurement, tags, "value", config.format)
 
     def _fields(self, text: str, target: _Target) -> dict[str, float | str]:
-        fields: dict[str, float | str] = {}
         kind = target.format
-        data = None
         if kind == "auto":
-            kind = "value"
-            if text.lstrip()[:1] in ("{", "[", '"'):
+            if text.lstrip(_JSON_SPACE)[:1] in ("{", "[", '"'):
                 try:
-                    data, kind = json.loads(text), "json"
-                except ValueError:
-                    pass
-        elif kind == "json":
-            try:
-                data = json.loads(text)
-            except ValueError as exc:
-                raise ValueError(f"payload is not JSON ({exc}): {text[:80]!r}") from None
+                    return self._json(text, target.field)
+                except ValueError as exc:
+                    if isinstance(exc, ConversionError):
+                        raise
+            return self._value(text, target.field)
         if kind == "json":
-            if isinstance(data, dict):
-                add_value(fields, "", data, self.config.separator, self.bools_as_float)
-            elif isinstance(data, str):
-                self._value(fields, data, target.field)
-            else:
-                add_value(fields, target.field, data, self.config.separator, self.bools_as_float)
-        else:
-            self._value(fields, text, target.field)
+            try:
+                return self._json(text, target.field)
+            except ConversionError:
+                raise
+            except ValueError as exc:
+                raise ConversionError(f"payload is not JSON ({exc}): {text[:80]!r}",
+                                      "not_json") from None
+        return self._value(text, target.field)
+
+    def _json(self, text: str, field: str) -> dict[str, float | str]:
+        """Raises ValueError when ``text`` is not JSON."""
+        data = parse_json(text)
+        if type(data) is str:                 # a JSON string: its text, as a single value
+            return self._value(data, field)
+        fields, _ = flatten_json(text, data, self.flattener,
+                                 None if type(data) is dict else field)
         return fields
 
-    @staticmethod
-    def _value(fields: dict, text: str, field: str) -> None:
+    def _value(self, text: str, field: str) -> dict[str, float | str]:
         number = parse_number(text)
         if number is None:
-            fields[f"{field}_str"] = text
-        else:
-            fields[field] = number
+            fields, _ = self.flattener.fields(text, field)
+            return fields
+        return {stored_key[field]: number}

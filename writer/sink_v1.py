@@ -52,8 +52,8 @@ class SinkV1:
                                                         timeout=self.config.timeout)
         return self._conn
 
-    def write(self, lines: list[str]) -> None:
-        body = ("\n".join(lines) + "\n").encode("utf-8")
+    def write(self, lines: list[bytes]) -> None:
+        body = b"\n".join(lines) + b"\n"
         if self.config.gzip:
             body = gzip.compress(body, compresslevel=1)
         status, reason, retry_after = self._post(self.path, body)

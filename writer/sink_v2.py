@@ -38,9 +38,9 @@ class SinkV2:
         self.write_api = self.client.write_api(write_options=SYNCHRONOUS)
         self.target = f"bucket {self.bucket!r} in org {self.org!r}"
 
-    def write(self, lines: list[str]) -> None:
+    def write(self, lines: list[bytes]) -> None:
         try:
-            self.write_api.write(bucket=self.bucket, org=self.org, record="\n".join(lines),
+            self.write_api.write(bucket=self.bucket, org=self.org, record=b"\n".join(lines),
                                  write_precision=WritePrecision.NS)
         except ApiException as exc:
             reason = reason_text(exc.body, str(exc.reason or exc.status))

@@ -1,7 +1,7 @@
 """What every sink shares: the three outcomes of a write and the HTTP status → error mapping.
 
-A sink has one method, ``write(lines)``, that returns when InfluxDB accepted every line and
-otherwise raises:
+A sink has one method, ``write(lines)`` (each line UTF-8 encoded, without its newline), that
+returns when InfluxDB accepted every line and otherwise raises:
 
 - ``TransientError`` (network error, timeout, 5xx, 429 with ``Retry-After``): keep the batch,
   retry later;
@@ -33,7 +33,7 @@ class AccessDenied(IngestorError):
 
 
 class Sink(Protocol):
-    def write(self, lines: list[str]) -> None: ...
+    def write(self, lines: list[bytes]) -> None: ...
 
     def ping(self) -> bool: ...
 

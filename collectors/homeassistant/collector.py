@@ -16,9 +16,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.config import Config
-from ha_ingestor.envelope import HA, KIND_LIVE, KIND_RESYNC, state_as_event
+from ha_ingestor.envelope import HA, KIND_LIVE, KIND_RESYNC, state_as_event, unreadable_frame
 from ha_ingestor.errors import AuthError, ConfigError, TransientError
-from ha_ingestor.lifecycle import StopFlag
+from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 
 from collectors.homeassistant.backfill import Backfill
 from collectors.homeassistant.committer import Committer
@@ -92,7 +92,7 @@ class HACollector:
             self.stop.wait(delay)
 
     def _session(self) -> None:
-        connection = HAConnection(self.ha, self._on_events)
+        connection = HAConnection(self.ha, self._on_events, self._on_unreadable)
         self.connection = connection
         connection.connect()
         version = connection.authenticate()
@@ -164,6 +164,10 @@ class HACollector:
         if dropped:
             self._dropped.inc(dropped)
 
+    def _on_unreadable(self, frame: bytes | str, reason: str, rx_ns: int) -> None:
+        """A frame that cannot be read as JSON: kept whole as a dead letter (reader thread)."""
+        self.committer.dead_letter_later([(unreadable_frame(frame, reason, rx_ns), reason)])
+
     # -- backfill and resync --------------------------------------------------------------------
     def _wants_states(self) -> bool:
         return not self.ha.event_types or "state_changed" in self.ha.event_types
@@ -196,6 +200,7 @@ class HACollector:
     def _await(self, future: Future, what: str, timeout: float):
         deadline = time.monotonic() + timeout
         while True:
+            HEARTBEAT.tick()
             try:
                 return future.result(0.1)
             except FutureTimeout:
@@ -288,6 +293,7 @@ class HACollector:
         done = self.committer.close_gap_after_queued()
         deadline = time.monotonic() + GAP_CLOSE_TIMEOUT_S
         while not done.wait(0.2):
+            HEARTBEAT.tick()
             if self.stop.is_set() or time.monotonic() > deadline or not self.committer.alive():
                 return
         if backfill is not None and backfill.stored:

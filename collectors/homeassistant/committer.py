@@ -24,7 +24,7 @@ from ha_ingestor import metrics
 from ha_ingestor.config import QueueConfig
 from ha_ingestor.envelope import HA
 from ha_ingestor.errors import QueueFull
-from ha_ingestor.queue import Producer
+from ha_ingestor.queue import Producer, unstorable
 
 from collectors.homeassistant.handoff import Control, Handoff
 
@@ -157,6 +157,10 @@ class Committer:
     def full(self) -> bool:
         return self._full_since is not None
 
+    def dead_letter_later(self, entries: list[tuple[dict, str]]) -> None:
+        """Store (envelope, reason) dead letters in order with the events queued before them."""
+        self.handoff.put_control(lambda: self._store_dead(entries, "unreadable_frame"))
+
     # -- the thread -----------------------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -206,8 +210,41 @@ class Committer:
                 if not self._wait_for_room(exc, len(events)):
                     return
                 continue
+            except (ValueError, TypeError, RecursionError) as exc:   # an event it cannot store
+                events = self._set_aside_unstorable(events, exc)
+                continue
             self._after_commit(events, meta or {})
             return
+
+    def _set_aside_unstorable(self, events: list[dict], error: Exception) -> list[dict]:
+        """Dead-letter the events the queue cannot store (a frame a real HA cannot send, e.g.
+        nested about a thousand levels deep); returns the others. Re-raises when every event is
+        storable on its own (the failure is not one event's)."""
+        keep, dead = [], []
+        for envelope in events:
+            reason = unstorable(envelope)
+            if reason is None:
+                keep.append(envelope)
+            else:
+                event = envelope.get("event") or {}
+                dead.append(({"src": HA, "rx": envelope.get("rx"), "kind": envelope.get("kind"),
+                              "event_type": str(event.get("event_type"))[:200],
+                              "error": reason}, reason))
+        if not dead:
+            raise error
+        self._store_dead(dead, "unstorable")
+        return keep
+
+    def _store_dead(self, entries: list[tuple[dict, str]], label: str) -> None:
+        try:
+            self._producer.dead_letter(entries)
+        except QueueFull as exc:
+            metrics.EVENTS_DROPPED.labels(HA, "queue_full").inc(len(entries))
+            log.error("%s: %d dead letter(s) could not be stored and are lost", exc, len(entries))
+            return
+        metrics.DEAD_LETTERS.labels(source=HA, reason=label).inc(len(entries))
+        log.warning("kept %d event(s) or frame(s) as dead letters, e.g.: %s", len(entries),
+                    entries[0][1][:300])
 
     def _meta_for(self, events: list[dict]) -> dict[str, str] | None:
         """Watermarks to write with this batch (none while a gap is open)."""

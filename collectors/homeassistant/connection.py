@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 INVALID_LOG_EVERY_S = 10.0
 
 # (events of one frame, receive time in ns)
+UnreadableSink = Callable[[Any, str, int], None]   # (raw frame, reason, receive time ns)
 EventSink = Callable[[list[dict], int], None]
+UnreadableSink = Callable[[Any, str, int], None]   # (raw frame, reason, receive time ns)
 
 
 class CommandError(Exception):
@@ -59,9 +61,11 @@ class HAConnection:
     """Use: ``connect()``, ``authenticate()``, ``start_reader()``, then ``request()``/``send()``
     from any thread; ``close()`` from any thread ends the reader."""
 
-    def __init__(self, config: HomeAssistantConfig, on_events: EventSink):
+    def __init__(self, config: HomeAssistantConfig, on_events: EventSink,
+                 on_unreadable: UnreadableSink | None = None):
         self.config = config
         self.on_events = on_events
+        self.on_unreadable = on_unreadable
         self.ha_version: str | None = None
         self.subscriptions: set[int] = set()
         self.closed = threading.Event()
@@ -151,9 +155,14 @@ class HAConnection:
 
     def _dispatch_frame(self, data: bytes | str, rx_ns: int) -> None:
         try:
-            payload = json.loads(data)
-        except ValueError:
-            self._count_invalid("malformed_json", data)
+            text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+            payload = _FRAME_DECODER.decode(text)
+        except (ValueError, RecursionError) as exc:   # not JSON, not UTF-8, nested too deeply
+            kind = "too_deep" if isinstance(exc, RecursionError) else "malformed_json"
+            self._count_invalid(kind, data)
+            if self.on_unreadable is not None:
+                self.on_unreadable(data, f"{kind}: {str(exc)[:200] or type(exc).__name__}",
+                                   rx_ns)
             return
         messages = payload if isinstance(payload, list) else [payload]
         events = []
@@ -251,6 +260,14 @@ class HAConnection:
             pending = self._pending.pop(msg_id, None)
             if pending and not pending[1].done():
                 pending[1].set_exception(TransientError(f"connection closed: {reason}"))
+
+
+def _not_json(constant: str) -> None:
+    """Python's parser takes NaN and Infinity, JSON has no such values (HA never sends them)."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+_FRAME_DECODER = json.JSONDecoder(parse_constant=_not_json)   # made once: cheaper per frame
 
 
 def _describe(exc: BaseException) -> str:

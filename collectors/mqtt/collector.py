@@ -27,6 +27,7 @@ from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import MQTT
 from ha_ingestor.errors import EXIT_OK, AuthError
+from ha_ingestor.lifecycle import HEARTBEAT
 
 from collectors.mqtt import buffered, session, subscriptions
 from collectors.mqtt.committer import Committer
@@ -109,6 +110,7 @@ class MqttCollector:
                                    self.config.metrics.ports.get(MQTT, 0), self.ready)
         try:
             while not self.stop.is_set():
+                HEARTBEAT.tick()
                 self._raise_if_failed()
                 if self.client.socket() is None:
                     self._connect_with_backoff()

@@ -14,6 +14,7 @@ non-zero, never silently without its committer.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -36,6 +37,17 @@ log = logging.getLogger("collectors.mqtt")
 FULL_POLL_S = 0.5
 REASON_TOO_LARGE = "payload_too_large"
 REASON_BAD_TOPIC = "topic_not_utf8"
+REASON_UNEXPECTED = "unexpected"
+
+
+def _raw_envelope(rx: int, msg) -> dict:
+    """A message kept as it came: the topic's bytes decoded with replacement characters (its
+    exact bytes in ``topic_b64``) and the payload as ``mqtt_event`` stores any payload."""
+    raw_topic = bytes(getattr(msg, "_topic", b"") or b"")
+    event = mqtt_event(raw_topic.decode("utf-8", "replace"), bytes(msg.payload), msg.qos,
+                       msg.retain, rx)
+    event["topic_b64"] = base64.b64encode(raw_topic).decode("ascii")
+    return event
 
 
 class Committer:
@@ -173,24 +185,17 @@ class Committer:
                     skipped += 1
                     continue
             try:
-                topic = msg.topic
-            except UnicodeDecodeError:
-                event = mqtt_event(msg._topic.decode("utf-8", "replace"), msg.payload, msg.qos,
-                                   msg.retain, rx)
-                dead.append((event, f"{REASON_BAD_TOPIC}: topic is not valid UTF-8: "
-                                    f"{msg._topic!r}"))
+                event = self._envelope(rx, msg, excluded, limit, dead)
+            except Exception as exc:  # noqa: BLE001 - one message's problem, not the collector's
+                event = None
+                dead.append((_raw_envelope(rx, msg), f"{REASON_UNEXPECTED}: {type(exc).__name__}:"
+                                                     f" {exc}"))
+            if event is None:
                 continue
-            if excluded(topic):
-                continue
-            if limit and len(msg.payload) > limit:
-                event = mqtt_event(topic, msg.payload, msg.qos, msg.retain, rx)
-                dead.append((event, f"{REASON_TOO_LARGE}: payload of {len(msg.payload)} bytes "
-                                    f"exceeds mqtt.max_payload_bytes ({limit})"))
-                continue
-            if not pending.resent(topic, msg.payload, msg.retain, rx):
-                events.append(mqtt_event(topic, msg.payload, msg.qos, msg.retain, rx))
-            else:
+            if pending.resent(event["topic"], msg.payload, msg.retain, rx):
                 resent += 1
+            else:
+                events.append(event)
             if msg.qos:
                 in_queue.append(msg)
         if skipped:
@@ -200,6 +205,25 @@ class Committer:
             log.info("%d retained message(s) sent again by the broker were stored before: "
                      "acknowledged, not stored again", resent)
         return events, dead, acks, in_queue, pending
+
+    @staticmethod
+    def _envelope(rx: int, msg, excluded, limit: int, dead: list) -> dict | None:
+        """The envelope to store for one message; None when it is excluded or a dead letter
+        (appended to ``dead``)."""
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            dead.append((_raw_envelope(rx, msg), f"{REASON_BAD_TOPIC}: topic is not valid "
+                                                 f"UTF-8: {msg._topic!r}"))
+            return None
+        if excluded(topic):
+            return None
+        event = mqtt_event(topic, msg.payload, msg.qos, msg.retain, rx)
+        if limit and len(msg.payload) > limit:
+            dead.append((event, f"{REASON_TOO_LARGE}: payload of {len(msg.payload)} bytes "
+                                f"exceeds mqtt.max_payload_bytes ({limit})"))
+            return None
+        return event
 
     def _take_dropped(self) -> Redelivery:
         """Fold in what the network thread could not acknowledge (a lost connection)."""

@@ -45,6 +45,7 @@ class QueueConfig:
     max_bytes: int
     batch_events: int
     batch_interval: float
+    move_aside_after: int
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class MetricsConfig:
 class RunConfig:
     shutdown_timeout: float
     restart_backoff_max: float
+    stall_timeout: float
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,10 @@ QUEUE_KEYS = [
         "Collectors commit a batch after this many events..."),
     Key("batch_interval", _duration_min(0.001), "50ms",
         "...or this long after the batch's first event, whichever comes first."),
+    Key("move_aside_after", _between(1, 1000), 3, "The writer moves a queue item to the "
+        "dead-letter store (logged as an error) once the writer process died this many times "
+        "in a row while converting that item, so one item can never hold up the queue. "
+        "`ha-ingestor queue dead-letter-item` does the same by hand."),
 ]
 
 MQTT_KEYS = [
@@ -325,6 +331,9 @@ RUN_KEYS = [
         "and then the writer get to stop before they are killed."),
     Key("restart_backoff_max", _duration_min(1), "60s", "Longest wait before restarting a "
         "crashed child."),
+    Key("stall_timeout", _duration_min(1), "60s", "A process whose main loop has not made "
+        "progress for this long answers `/healthz` with 503, and `ha-ingestor run` kills and "
+        "restarts it (a child stopped with SIGSTOP, or stuck)."),
 ]
 
 SECTIONS: dict[str, list[Key]] = {

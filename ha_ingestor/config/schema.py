@@ -21,6 +21,7 @@ Three parts, each optional::
         measurement: ha_events
         include: []          # event types; empty = all
         exclude: []
+        secret_keys: [code, pin, password, ...]   # data keys never written (any depth)
       mqtt:
         presets: []          # zigbee2mqtt, tasmota, esphome, mqtt_statestream
         rules: []            # {topic, measurement, tags, format, field, match, skip}
@@ -29,6 +30,10 @@ Three parts, each optional::
         topic_tag: topic
         retain_tag: retained
         bools: float         # float (1.0/0.0) or string
+      limits:                # beyond these an event is a dead letter
+        max_depth: 64        # JSON nesting
+        max_fields: 1000     # fields in one point
+        max_string_bytes: 1MiB
 
 Built once at start-up into frozen dataclasses; every error names the dotted key and the value.
 """
@@ -40,15 +45,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ha_ingestor.config.values import (as_bool, as_choice, as_mapping, as_opt_str, as_str,
-                                       as_str_list, fail)
 from ha_ingestor import topicfilter
+from ha_ingestor.config.values import (as_bool, as_choice, as_int, as_mapping, as_opt_str,
+                                       as_size, as_str, as_str_list, fail)
 from ha_ingestor.errors import ConfigError
 
 MEASUREMENT_ATTRS = ("unit_of_measurement", "domain__device_class", "entity_id")
 MQTT_FORMATS = ("json", "value", "auto")
 MQTT_PRESETS = ("zigbee2mqtt", "tasmota", "esphome", "mqtt_statestream")
 MQTT_BOOLS = ("float", "string")
+# Keys of event data that hold credentials (alarm and lock codes in call_service, ...)
+SECRET_KEYS = ("code", "pin", "passcode", "password", "passwd", "token", "access_token",
+               "refresh_token", "api_key", "apikey", "secret", "client_secret", "private_key")
+RESERVED_TAG_KEYS = ("time",)       # InfluxDB refuses a tag called time
 _TEMPLATE_REF = re.compile(r"\{([^{}]*)\}")
 _ENTITY_ID = re.compile(r"^(?!.+__)(?!_)[\da-z_]+(?<!_)\.(?!_)[\da-z_]+(?<!_)$")
 
@@ -96,6 +105,7 @@ class EventsSchema:
     measurement: str = "ha_events"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    secret_keys: tuple[str, ...] = SECRET_KEYS
 
 
 @dataclass(frozen=True)
@@ -132,20 +142,51 @@ class MqttSchema:
 
 
 @dataclass(frozen=True)
+class SchemaLimits:
+    """Beyond these an event is a dead letter naming the limit (docs/schema.md, "Limits")."""
+
+    max_depth: int = 64                 # JSON nesting (objects and lists) that is flattened
+    max_fields: int = 1000              # fields in one point
+    max_string_bytes: int = 1_048_576   # one string field, UTF-8
+
+
+@dataclass(frozen=True)
 class SchemaConfig:
     state_changed: StateChangedSchema = field(default_factory=StateChangedSchema)
     events: EventsSchema = field(default_factory=EventsSchema)
     mqtt: MqttSchema = field(default_factory=MqttSchema)
+    limits: SchemaLimits = field(default_factory=SchemaLimits)
 
 
 def build_schema(raw: dict | None, key_prefix: str = "schema") -> SchemaConfig:
     """Validate the ``schema:`` mapping. Raises ConfigError naming the dotted key and value."""
     raw = as_mapping(key_prefix, raw)
-    _no_unknown(key_prefix, raw, ("state_changed", "events", "mqtt"))
+    _no_unknown(key_prefix, raw, ("state_changed", "events", "mqtt", "limits"))
     return SchemaConfig(
         state_changed=_state_changed(f"{key_prefix}.state_changed", raw.get("state_changed")),
         events=_events(f"{key_prefix}.events", raw.get("events")),
-        mqtt=_mqtt(f"{key_prefix}.mqtt", raw.get("mqtt")))
+        mqtt=_mqtt(f"{key_prefix}.mqtt", raw.get("mqtt")),
+        limits=_limits(f"{key_prefix}.limits", raw.get("limits")))
+
+
+def _limits(key: str, raw: Any) -> SchemaLimits:
+    raw = as_mapping(key, raw)
+    _no_unknown(key, raw, ("max_depth", "max_fields", "max_string_bytes"))
+    defaults = SchemaLimits()
+    return SchemaLimits(
+        max_depth=as_int(f"{key}.max_depth", raw.get("max_depth", defaults.max_depth), 1, 500),
+        max_fields=as_int(f"{key}.max_fields", raw.get("max_fields", defaults.max_fields), 1),
+        max_string_bytes=as_size(f"{key}.max_string_bytes",
+                                 raw.get("max_string_bytes", defaults.max_string_bytes), 1))
+
+
+def _tag_names(key: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """Tag names InfluxDB can store: not empty, not ``time``, not ending in a backslash."""
+    for name in names:
+        if not name or name in RESERVED_TAG_KEYS or name.endswith("\\") or "\n" in name:
+            raise fail(key, "tag names InfluxDB can store (not empty, not 'time', no newline, "
+                            "no trailing backslash)", name)
+    return names
 
 
 def _no_unknown(key: str, raw: dict, known: tuple[str, ...], hint: str = "") -> None:
@@ -185,8 +226,10 @@ def _state_changed(key: str, raw: Any) -> StateChangedSchema:
                                        raw.get("default_measurement")),
         override_measurement=as_opt_str(f"{key}.override_measurement",
                                         raw.get("override_measurement")),
-        tags=_str_pairs(f"{key}.tags", raw.get("tags")),
-        tags_attributes=as_str_list(f"{key}.tags_attributes", raw.get("tags_attributes")),
+        tags=_tag_pairs(f"{key}.tags", raw.get("tags")),
+        tags_attributes=_tag_names(f"{key}.tags_attributes",
+                                   as_str_list(f"{key}.tags_attributes",
+                                               raw.get("tags_attributes"))),
         ignore_attributes=as_str_list(f"{key}.ignore_attributes", raw.get("ignore_attributes")),
         component_config=_overrides(f"{key}.component_config", raw.get("component_config"),
                                     entity_ids=True),
@@ -221,6 +264,12 @@ def _str_pairs(key: str, raw: Any) -> tuple[tuple[str, str], ...]:
                  for k, v in raw.items())
 
 
+def _tag_pairs(key: str, raw: Any) -> tuple[tuple[str, str], ...]:
+    pairs = _str_pairs(key, raw)
+    _tag_names(key, tuple(name for name, _ in pairs))
+    return pairs
+
+
 def _overrides(key: str, raw: Any, entity_ids: bool = False
                ) -> tuple[tuple[str, EntityOverride], ...]:
     raw = as_mapping(key, raw)
@@ -246,12 +295,14 @@ def _overrides(key: str, raw: Any, entity_ids: bool = False
 
 def _events(key: str, raw: Any) -> EventsSchema:
     raw = as_mapping(key, raw)
-    _no_unknown(key, raw, ("enabled", "measurement", "include", "exclude"))
+    _no_unknown(key, raw, ("enabled", "measurement", "include", "exclude", "secret_keys"))
     return EventsSchema(enabled=as_bool(f"{key}.enabled", raw.get("enabled", True)),
                         measurement=as_str(f"{key}.measurement",
                                            raw.get("measurement", "ha_events")),
                         include=as_str_list(f"{key}.include", raw.get("include")),
-                        exclude=as_str_list(f"{key}.exclude", raw.get("exclude")))
+                        exclude=as_str_list(f"{key}.exclude", raw.get("exclude")),
+                        secret_keys=as_str_list(f"{key}.secret_keys",
+                                                raw.get("secret_keys", list(SECRET_KEYS))))
 
 
 # ---- MQTT ---------------------------------------------------------------------------------------
@@ -278,10 +329,17 @@ def _mqtt(key: str, raw: Any) -> MqttSchema:
         rules=tuple(_rule(f"{key}.rules[{i}]", r) for i, r in enumerate(rules)),
         measurement=as_str(f"{key}.measurement", raw.get("measurement", "mqtt")),
         format=as_choice(f"{key}.format", raw.get("format", "auto"), MQTT_FORMATS),
-        topic_tag=as_opt_str(f"{key}.topic_tag", raw.get("topic_tag", "topic")),
-        retain_tag=as_opt_str(f"{key}.retain_tag", raw.get("retain_tag", "retained")),
+        topic_tag=_opt_tag_name(f"{key}.topic_tag", raw.get("topic_tag", "topic")),
+        retain_tag=_opt_tag_name(f"{key}.retain_tag", raw.get("retain_tag", "retained")),
         bools=as_choice(f"{key}.bools", raw.get("bools", "float"), MQTT_BOOLS),
         separator=as_str(f"{key}.separator", raw.get("separator", "_")))
+
+
+def _opt_tag_name(key: str, raw: Any) -> str | None:
+    name = as_opt_str(key, raw)
+    if name is not None:
+        _tag_names(key, (name,))
+    return name
 
 
 def _preset(key: str, raw: Any) -> MqttPreset:
@@ -310,7 +368,7 @@ def _rule(key: str, raw: Any) -> MqttRule:
     rule = MqttRule(
         topic=topic,
         measurement=as_opt_str(f"{key}.measurement", raw.get("measurement")),
-        tags=_str_pairs(f"{key}.tags", raw.get("tags")),
+        tags=_tag_pairs(f"{key}.tags", raw.get("tags")),
         format=(as_choice(f"{key}.format", raw["format"], MQTT_FORMATS)
                 if raw.get("format") is not None else None),
         field=as_str(f"{key}.field", raw.get("field", "value")),

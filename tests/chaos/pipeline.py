@@ -34,6 +34,9 @@ def ingestor_config(workdir: Path, mqtt_port: int, ha_ws_url: str, influx_url: s
         "influxdb": {"api": "v1", "url": influx_url, "database": database},
         "metrics": {"host": "127.0.0.1",
                     "ports": {name: procs.free_port() for name in ("run", *ROLES)}},
+        # writer_pause stops the writer for up to 5 minutes to measure the backlog it leaves;
+        # `run` would replace a writer stopped that long (tested in test_supervisor.py)
+        "run": {"stall_timeout": "10m"},
     }
     for section, values in (extra or {}).items():
         config.setdefault(section, {}).update(values)

@@ -68,6 +68,16 @@ class IngestorHarness:
         self.procs.append(proc)
         return proc
 
+    def ready(self, component: str) -> bool:
+        """Whether the component's /readyz answers 200 (connected, queue writable)."""
+        import urllib.request
+        port = self.config["metrics"]["ports"][component]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
     def log_path(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
 

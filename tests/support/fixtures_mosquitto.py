@@ -193,10 +193,10 @@ def publish(port: int, count: int, topic: str = "bench/{i}", qos: int = 1, start
             host: str = "127.0.0.1", client_id: str | None = None, timeout: float = 120.0,
             tolerate_disconnect: bool = False, pace: float | None = None,
             username: str | None = None, password: str | None = None,
-            ca_file: Path | None = None) -> PublishResult:
+            ca_file: Path | None = None, topics: list[str] | None = None) -> PublishResult:
     """Publish ``count`` messages as fast as paho allows (or ``pace`` messages/s) and wait until
     the broker acknowledged every QoS 1 message. ``topic`` may contain ``{i}`` (message index,
-    from ``start``).
+    from ``start``); ``topics`` gives each message its own topic instead.
 
     With ``tolerate_disconnect`` the client keeps its session and reconnects, and paho re-sends
     what the broker had not acknowledged (a broker restart mid-stream); the result lists what the
@@ -232,7 +232,8 @@ def publish(port: int, count: int, topic: str = "bench/{i}", qos: int = 1, start
             data = payloads[n] if payloads is not None else make_payload(i, payload_size)
             if qos and n >= _WINDOW:
                 _wait_published(infos[n - _WINDOW], began + timeout)
-            infos.append(client.publish(topic.format(i=i), data, qos=qos, retain=retain))
+            name = topics[n] if topics is not None else topic.format(i=i)
+            infos.append(client.publish(name, data, qos=qos, retain=retain))
             if pace:
                 time.sleep(max(0.0, began + (n + 1) / pace - time.monotonic()))
         deadline = time.monotonic() + timeout

@@ -52,7 +52,7 @@ READY_MARKER = ".ha-ingestor-venv.json"   # what made the venv (see _recipe)
 # Integrations whose requirements are installed with the venv: those the test config uses, plus
 # those other tests add through extra_yaml (HA's own influxdb integration, MQTT statestream).
 PREINSTALLED_DOMAINS = ("http", "api", "websocket_api", "config", "recorder", "history",
-                        "template", "influxdb", "mqtt", "mqtt_statestream")
+                        "template", "influxdb", "mqtt", "mqtt_statestream", "manual")
 
 # Run inside HA's own interpreter: the requirements of the integrations HA will set up for the
 # given domains (plus HA's always-loaded ones), closed over manifest dependencies and

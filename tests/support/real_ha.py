@@ -135,6 +135,14 @@ template:
           {{{{ ((states('input_number.acc_temp_1') | float(0)
                + states('input_number.acc_temp_2') | float(0)) / 2) | round(2) }}}}
 
+alarm_control_panel:
+  - platform: manual
+    name: Acc alarm
+    code: "1234"
+    arming_time: 0
+    delay_time: 0
+    trigger_time: 0
+
 automation:
   - id: acc_switch_1_counts
     alias: Acc switch 1 counts
@@ -162,6 +170,7 @@ CONFIG_ENTITIES = (
     "input_number.acc_temp_1", "input_number.acc_temp_2", "input_number.acc_humidity",
     "counter.acc_counter", "input_text.acc_note", "input_select.acc_mode",
     "sensor.acc_temperature_average", "automation.acc_switch_1_counts",
+    "alarm_control_panel.acc_alarm",
 )
 
 
