@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
-from ha_ingestor import __version__, metrics, metrics_influx, queue
+from ha_ingestor import __version__, cli_convert, metrics, metrics_influx, queue
 from ha_ingestor.config import default_config_path, load_config, load_queue_config, redacted
 from ha_ingestor.envelope import SOURCES, describe
 from ha_ingestor.errors import (EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, ConfigError, IngestorError,
@@ -299,18 +299,24 @@ def _size(count: int) -> str:
 @source_option
 @click.option("-n", "--limit", default=10, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole envelopes as JSON lines.")
+@click.option("--lines", is_flag=True, help="Under each event, the line protocol the writer "
+              "will send for it (or why it will be a dead letter), as `convert` prints it.")
 @queue_dir_option
 @click.pass_obj
-def queue_peek(ctx: Context, source: str | None, limit: int, as_json: bool,
+def queue_peek(ctx: Context, source: str | None, limit: int, as_json: bool, lines: bool,
                queue_dir: Path | None) -> None:
     """Show the oldest queued events without taking them."""
     qdir = _queue_dir(ctx, queue_dir)
+    converter = cli_convert.converter_for(ctx.config_path) if lines else None
     for src in _sources(source):
         events = queue.peek(qdir, src, limit)
         if not as_json:
             click.echo(f"{src}: {len(events)} oldest event(s)")
         for event in events:
-            click.echo(json.dumps(event) if as_json else f"  {_stamp(event)} {describe(event)}")
+            click.echo(json.dumps(event) if as_json else
+                       cli_convert.printable(f"  {_stamp(event)} {describe(event)}"))
+            if converter is not None:
+                click.echo(f"    {cli_convert.outcome_text(converter, event)[0]}")
 
 
 def _stamp(event: dict) -> str:
@@ -392,5 +398,7 @@ def queue_purge(ctx: Context, source: str | None, dead: bool, yes: bool,
     for src in _sources(source):
         click.echo(f"{src}: deleted {queue.purge(qdir, src, dead)} event(s)")
 
+
+cli.add_command(cli_convert.convert)
 
 __all__ = ["cli", "main", "child_argv", "ConfigError", "QueueError"]

@@ -29,7 +29,7 @@ from pathlib import Path
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import SOURCES
-from ha_ingestor.errors import ConversionError, PermanentError, TransientError
+from ha_ingestor.errors import PermanentError, TransientError
 from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 from ha_ingestor.queue import Consumer, queue_file
 from writer.convert import Converter
@@ -201,28 +201,15 @@ class WriterLoop:
 
     def _convert(self, batch: Round, source: str, item_id: int, events: list[dict]) -> None:
         """Each event to its UTF-8 line; an event that cannot become one is a dead letter."""
-        convert = self.converter.convert
+        encode = self.converter.encode
         lines, owners = batch.lines, batch.owners
         for index, event in enumerate(events):
-            try:
-                line = convert(event)
-                if line is None:
-                    continue
-                data = line.encode("utf-8")
-            except ConversionError as exc:
-                batch.add_dead(source, event, f"conversion: {exc}", exc.kind)
-                continue
-            except UnicodeEncodeError as exc:
-                batch.add_dead(source, event, f"conversion: {_not_unicode(exc)}", "text")
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bug must cost one event, not the writer
-                log.exception("unexpected error converting a %s event; it is a dead letter",
-                              source)
-                batch.add_dead(source, event, f"conversion: unexpected {type(exc).__name__}: "
-                                              f"{exc}", "unexpected")
-                continue
-            lines.append(data)
-            owners.append((source, item_id, index))
+            data, reason, kind = encode(event)
+            if reason is not None:
+                batch.add_dead(source, event, reason, kind)
+            elif data is not None:
+                lines.append(data)
+                owners.append((source, item_id, index))
 
     # ---- writing --------------------------------------------------------------------------------
 
@@ -388,14 +375,6 @@ class WriterLoop:
             log.info("%s", progress_line(behind, rate))
         self._status_at = now
         self._points_since_status = 0
-
-
-def _not_unicode(exc: UnicodeEncodeError) -> str:
-    """Where a line holds text InfluxDB cannot store (a lone surrogate from a JSON escape)."""
-    text = exc.object
-    before = text[max(0, exc.start - 60):exc.start]
-    return (f"text that is not valid Unicode ({text[exc.start:exc.end]!r} at character "
-            f"{exc.start} of the line, after {before!r}); InfluxDB stores only UTF-8")
 
 
 def progress_line(behind: int, points_per_s: float) -> str:

@@ -22,7 +22,8 @@ from ha_ingestor.errors import ConfigError
 
 __all__ = ["COMPONENTS", "Config", "ConfigError", "HomeAssistantConfig", "InfluxConfig",
            "MetricsConfig", "MqttConfig", "QueueConfig", "RunConfig", "TlsConfig",
-           "default_config_path", "load_config", "load_queue_config", "redacted", "reference_rows"]
+           "default_config_path", "load_config", "load_queue_config", "load_schema_config",
+           "redacted", "reference_rows"]
 
 CONFIG_ENV = "HA_INGESTOR_CONFIG"
 DEFAULT_FILE = "ha-ingestor.yaml"
@@ -46,6 +47,13 @@ def load_queue_config(path: Path | str | None, env: Mapping[str, str] | None = N
     env = dict(os.environ if env is None else env)
     raw = loader.read_yaml(Path(path) if path else None)
     return model.build_section("queue", raw.section("queue", env))
+
+
+def load_schema_config(path: Path | str | None, env: Mapping[str, str] | None = None):
+    """Only the ``schema:`` section: what ``convert`` and ``queue peek --lines`` need."""
+    env = dict(os.environ if env is None else env)
+    raw = loader.read_yaml(Path(path) if path else None)
+    return _build_schema(raw.section("schema", env))
 
 
 def load_config(path: Path | str | None, env: Mapping[str, str] | None = None,
