@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
-from ha_ingestor import __version__, cli_convert, metrics, metrics_influx, queue
+from ha_ingestor import __version__, cli_convert, metrics, metrics_influx, queue, statusview
 from ha_ingestor.config import default_config_path, load_config, load_queue_config, redacted
 from ha_ingestor.envelope import SOURCES, describe
 from ha_ingestor.errors import (EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, ConfigError, IngestorError,
@@ -253,46 +253,28 @@ def queue_group() -> None:
 
 @queue_group.command("status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for monitoring scripts.")
+@click.option("--watch", type=click.FloatRange(0.2), is_flag=False, flag_value=2.0,
+              default=None, help="Refresh every N seconds (default 2) with each queue's drain "
+              "rate and the time until it is empty; Ctrl-C stops.")
+@click.option("--count", type=click.IntRange(1), default=None,
+              help="With --watch: stop after this many refreshes.")
 @queue_dir_option
 @click.pass_obj
-def queue_status(ctx: Context, as_json: bool, queue_dir: Path | None) -> None:
-    """Per queue: events ready, in flight, dead letters, oldest event age, bytes on disk."""
+def queue_status(ctx: Context, as_json: bool, watch: float | None, count: int | None,
+                 queue_dir: Path | None) -> None:
+    """Per queue: events ready, in flight, dead letters, oldest event age, bytes on disk.
+    Needs only the queue: section of the config and read access to queue.dir."""
     qdir = _queue_dir(ctx, queue_dir)
-    statuses = {source: queue.read_status(qdir, source) for source in SOURCES}
-    empty = queue.QueueStatus(0, 0, 0, None, 0)
+
+    def read() -> dict:
+        return {source: queue.read_status(qdir, source) for source in SOURCES}
+
     if as_json:
-        click.echo(json.dumps({"queues": {s: (st or empty).as_dict()
-                                          for s, st in statuses.items()}}))
-        return
-    if not qdir.exists():
-        click.echo(f"queue directory {qdir} does not exist yet (no collector has run): "
-                   f"nothing queued")
-        return
-    click.echo(f"queue directory {qdir}")
-    click.echo(f"{'queue':<6} {'ready':>10} {'in flight':>10} {'dead':>8} {'oldest':>10} "
-               f"{'on disk':>10}")
-    for source, st in statuses.items():
-        if st is None:
-            click.echo(f"{source:<6} {'(no queue file yet)':>30}")
-            continue
-        click.echo(f"{source:<6} {st.ready:>10} {st.in_flight:>10} {st.dead:>8} "
-                   f"{_age(st.oldest_age_s):>10} {_size(st.bytes):>10}")
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, width in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= width:
-            return f"{seconds / width:.1f}{unit}"
-    return f"{seconds:.1f}s"
-
-
-def _size(count: int) -> str:
-    for unit, width in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= width:
-            return f"{count / width:.1f}{unit}"
-    return f"{count}B"
+        click.echo(statusview.as_json(read(), queue.QueueStatus(0, 0, 0, None, 0)))
+    elif watch is not None:
+        statusview.watch(qdir, read, watch, count, clear=sys.stdout.isatty())
+    else:
+        click.echo(statusview.table(qdir, read()))
 
 
 @queue_group.command("peek")

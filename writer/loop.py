@@ -34,15 +34,15 @@ from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 from ha_ingestor.queue import Consumer, queue_file
 from writer.convert import Converter
 from writer.crashguard import CrashGuard
+from writer.progress import Progress
 from writer.sinks import AccessDenied, Sink, TooLarge
 
 log = logging.getLogger("writer")
 
 IDLE_POLL_S = 0.05          # how often an idle writer looks for new events
 NEW_FILE_CHECK_S = 1.0      # how often it looks for a queue file that did not exist yet
-STATUS_EVERY_S = 5.0        # queue gauges and the progress line
+STATUS_EVERY_S = 5.0        # queue gauges and the replay progress
 WRITE_WAIT_SLICE_S = 1.0    # how often the heartbeat ticks while a write is retried
-BEHIND_THRESHOLD = 20_000   # events waiting before the progress line appears
 ACCESS_BACKOFF = dict(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
 
 
@@ -87,7 +87,7 @@ class WriterLoop:
         self._next_source = 0
         self._checked_files_at = 0.0
         self._status_at = 0.0
-        self._points_since_status = 0
+        self.progress = Progress()
         self._failing_since: float | None = None
         self._pinged_at = time.monotonic()
         self.sink_url = getattr(getattr(sink, "config", None), "url", "?")
@@ -134,6 +134,7 @@ class WriterLoop:
             consumer.close()
         self.consumers.clear()
         self.sink.close()
+        self.progress.close()
 
     # ---- taking events --------------------------------------------------------------------------
 
@@ -258,7 +259,6 @@ class WriterLoop:
             consumer.ack(item_ids, dead)
             metrics.EVENTS_WRITTEN.labels(source=source).inc(batch.counts.get(source, 0))
         metrics.POINTS_WRITTEN.inc(points)
-        self._points_since_status += points
 
     def _deliver_all(self, lines: list[bytes]) -> list[tuple[int, str]]:
         """Write in requests of at most batch_size lines (one queue item may hold more events
@@ -353,8 +353,7 @@ class WriterLoop:
 
     def _report_status(self) -> None:
         now = time.monotonic()
-        elapsed = now - self._status_at
-        if elapsed < STATUS_EVERY_S:
+        if now - self._status_at < STATUS_EVERY_S:
             return
         behind = 0
         try:
@@ -370,18 +369,6 @@ class WriterLoop:
         except Exception as exc:   # a status read failing must not stop the writing
             self.queue_ok = False
             log.error("cannot read queue status: %s", exc)
-        if self._status_at and behind >= BEHIND_THRESHOLD:
-            rate = self._points_since_status / elapsed if elapsed > 0 else 0.0
-            log.info("%s", progress_line(behind, rate))
+        if self.queue_ok:
+            self.progress.update(behind)
         self._status_at = now
-        self._points_since_status = 0
-
-
-def progress_line(behind: int, points_per_s: float) -> str:
-    """``412 000 behind, 96 000 points/s, about 4 s``"""
-    eta = f"about {behind / points_per_s:.0f} s" if points_per_s > 0 else "not draining"
-    return f"{_thousands(behind)} behind, {_thousands(round(points_per_s))} points/s, {eta}"
-
-
-def _thousands(number: int) -> str:
-    return f"{number:,}".replace(",", " ")
