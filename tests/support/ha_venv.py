@@ -123,7 +123,7 @@ def ensure_ha_venv(extra_domains: tuple[str, ...] = (),
     if _marker_covers(marker, rel, domains):
         return venv
     venv.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(venv.parent / f"{venv.name}.lock"):
+    with file_lock(venv.parent / f"{venv.name}.lock"):
         if _marker_covers(marker, rel, domains):
             return venv
         if not _has_release(venv, rel):
@@ -181,7 +181,7 @@ def _recipe(rel: HARelease) -> str:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.support.real_ha import _file_lock as file_lock   # the lock real_ha uses in ~/.cache
+from tests.support.ha_venv import file_lock   # the lock the HA venvs use in ~/.cache
 
 BASE_IMAGE = "localhost/ha-ingestor-test-base:bookworm"
 BASE_PACKAGES = "python3,python3-venv,ca-certificates"
