@@ -95,6 +95,7 @@ def render(dashboard: dict, influx, database: str, start_ns: int, end_ns: int, o
         else:
             unit = panel["fieldConfig"]["defaults"].get("unit")
             _lines(ax, series, panel["type"] == "state-timeline", *UNITS.get(unit, (1, "")))
+            _time_axis(ax, (end_ns - start_ns) / 1e9)
     IMAGES.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
@@ -113,7 +114,6 @@ UNITS = {"bytes": (2**-20, "MiB"), "percentunit": (100, "%"), "s": (1, "s"), "op
 
 
 def _lines(ax, series: list, step: bool, scale: float = 1, unit: str = "") -> None:
-    from matplotlib.dates import DateFormatter
     for name, s in series:
         points = [(datetime.fromtimestamp(v[0] / 1e9, timezone.utc), v[1] * scale)
                   for v in s["values"] if v[1] is not None]
@@ -129,7 +129,17 @@ def _lines(ax, series: list, step: bool, scale: float = 1, unit: str = "") -> No
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     ax.tick_params(labelsize=7)
     ax.set_ylabel(unit, fontsize=8)
-    ax.xaxis.set_major_formatter(DateFormatter("%H:%M"))
+
+
+def _time_axis(ax, seconds: float) -> None:
+    """Ticks on whole minutes (about six of them), labelled HH:MM: each label once."""
+    from matplotlib.dates import DateFormatter, MinuteLocator, SecondLocator
+    if seconds >= 180:
+        ax.xaxis.set_major_locator(MinuteLocator(interval=max(1, round(seconds / 360))))
+        ax.xaxis.set_major_formatter(DateFormatter("%H:%M"))
+    else:
+        ax.xaxis.set_major_locator(SecondLocator(interval=max(1, round(seconds / 6))))
+        ax.xaxis.set_major_formatter(DateFormatter("%H:%M:%S"))
 
 
 def _table(ax, series: list) -> None:

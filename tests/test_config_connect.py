@@ -1,7 +1,8 @@
 """``config check --connect`` against a real Mosquitto (password file), a real Home Assistant
 (every tested release) and InfluxDB 1.6.7 with authentication: each wrong credential is named
 and exits 3, a missing database is named, a server that is not there exits 1, all good exits 0.
-No secret appears in the output."""
+No secret appears in the output. The v2 API: VictoriaMetrics takes the empty write (exit 0);
+InfluxDB 1.6.7, which has no v2 write API, answers 404 for the bucket (exit 3, named)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,26 @@ def test_only_what_is_enabled_is_checked(ingestor, servers):
     config["homeassistant"] = {"enabled": False}
     done, lines = check(ingestor, config)
     assert done.returncode == 0 and set(lines) == {"influxdb"}, done.stdout
+
+
+def v2_config(url: str) -> dict:
+    return {"mqtt": {"enabled": False}, "homeassistant": {"enabled": False},
+            "influxdb": {"api": "v2", "url": url, "org": "home", "bucket": "ha",
+                         "token": "v2-secret-token"}}
+
+
+def test_v2_all_good_exits_0(ingestor, victoriametrics):
+    done, lines = check(ingestor, v2_config(victoriametrics.url))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK" in lines["influxdb"] and \
+        "bucket 'ha' (org 'home') exists and accepts the token" in lines["influxdb"]
+    assert "v2-secret-token" not in done.stdout + done.stderr
+
+
+def test_v2_bucket_that_is_not_there_is_named_and_exits_3(ingestor, influxdb):
+    done, lines = check(ingestor, v2_config(influxdb.url))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "REFUSED" in lines["influxdb"], done.stdout
+    assert "InfluxDB has no bucket 'ha' in org 'home' (404" in lines["influxdb"]
+    assert "need influxdb.api: v1" in lines["influxdb"]
+    assert "v2-secret-token" not in done.stdout + done.stderr

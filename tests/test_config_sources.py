@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ha_ingestor.config import load_config, load_queue_config
+from ha_ingestor.envelope import ha_event
 from ha_ingestor.errors import ConfigError
+from ha_ingestor.queue import Producer
 
 CLI = [sys.executable, "-m", "ha_ingestor"]
 
@@ -78,16 +80,33 @@ def test_a_missing_secret_or_variable_is_named(tmp_path, text, message):
 
 
 def test_queue_commands_need_only_the_queue_section(tmp_path):
+    """An administrator's shell on a systemd host: the collectors' secrets are in the service's
+    credentials folder (not there for this shell), variables only the unit sets, a secrets.yaml
+    entry that is missing. `queue status` (table, --json, --watch) and `queue peek` read the
+    queue all the same; only the components refuse the config."""
+    credentials = "/run/credentials/ha-ingestor.service"
     text = ("queue: {dir: !env_var QDIR ./q}\n"
-            "homeassistant: {token: '${HA_TOKEN}'}\n"
-            "mqtt: {password: !secret missing}\n"
-            "influxdb: {token: !env_var UNSET_TOO}\n")
+            f"homeassistant: {{token: '${{HA_TOKEN}}', token_file: {credentials}/ha_token}}\n"
+            f"mqtt: {{username: u, password_file: {credentials}/mqtt_password}}\n"
+            "influxdb: {token: !env_var UNSET_TOO, password: !secret missing}\n")
     assert load_queue_config(_write(tmp_path, text), env={}).dir.name == "q"
+    producer = Producer(tmp_path / "q", "ha", max_bytes=2**30)
+    producer.append([ha_event({"event_type": "call_service", "data": {"n": i}})
+                     for i in range(3)])
+    producer.close()
     result = cli(tmp_path, text, "queue", "status", "--json")
     assert result.returncode == 0, result.stderr
-    assert set(json.loads(result.stdout)["queues"]) == {"mqtt", "ha"}
-    with pytest.raises(ConfigError, match="mqtt.password: secret 'missing' is not defined"):
-        load(tmp_path, text)
+    queues = json.loads(result.stdout)["queues"]
+    assert set(queues) == {"mqtt", "ha"} and queues["ha"]["ready"] == 3
+    for args in (["status"], ["status", "--watch", "0.2", "--count", "2"], ["peek"]):
+        result = cli(tmp_path, text, "queue", *args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "ha" in result.stdout and "3" in result.stdout, (args, result.stdout)
+    refused = cli(tmp_path, text, "config", "check")
+    assert refused.returncode == 2
+    assert "cannot read secret file" in refused.stderr or "not set" in refused.stderr
+    with pytest.raises(ConfigError, match="cannot read secret file"):
+        load(tmp_path, text, env={"HA_TOKEN": "t"})
 
 
 def _write(tmp_path, text):

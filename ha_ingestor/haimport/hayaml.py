@@ -121,32 +121,33 @@ def _find_files(directory: str, pattern: str = "*.yaml"):
                 yield os.path.join(root, basename)
 
 
-def _include_dir_named(loader: HALoader, node: yaml.Node) -> dict:
-    mapping = {}
+def _loaded(loader: HALoader, node: yaml.Node):
+    """(file name, its content) for every YAML file of the folder an ``!include_dir_*`` names,
+    in Home Assistant's order."""
     for fname in _find_files(_beside(loader, node)):
-        loaded = load_file(fname, loader.context)
-        mapping[os.path.splitext(os.path.basename(fname))[0]] = {} if loaded is None else loaded
-    return mapping
+        yield fname, load_file(fname, loader.context)
+
+
+def _include_dir_named(loader: HALoader, node: yaml.Node) -> dict:
+    return {os.path.splitext(os.path.basename(fname))[0]: {} if loaded is None else loaded
+            for fname, loaded in _loaded(loader, node)}
 
 
 def _include_dir_merge_named(loader: HALoader, node: yaml.Node) -> dict:
     mapping: dict = {}
-    for fname in _find_files(_beside(loader, node)):
-        loaded = load_file(fname, loader.context)
+    for _fname, loaded in _loaded(loader, node):
         if isinstance(loaded, dict):
             mapping.update(loaded)
     return mapping
 
 
 def _include_dir_list(loader: HALoader, node: yaml.Node) -> list:
-    loaded = (load_file(f, loader.context) for f in _find_files(_beside(loader, node)))
-    return [item for item in loaded if item is not None]
+    return [loaded for _fname, loaded in _loaded(loader, node) if loaded is not None]
 
 
 def _include_dir_merge_list(loader: HALoader, node: yaml.Node) -> list:
     merged: list = []
-    for fname in _find_files(_beside(loader, node)):
-        loaded = load_file(fname, loader.context)
+    for _fname, loaded in _loaded(loader, node):
         if isinstance(loaded, list):
             merged.extend(loaded)
     return merged
