@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from ha_ingestor.queue import Producer
 from tests.support.procs import wait_until
 
 CLI = [sys.executable, "-m", "ha_ingestor"]
-BACKLOG = 60_000
+BACKLOG = 300_000      # a replay of a few seconds even when the writer drains 100 000/s
 
 
 def fill(queue_dir, count: int = BACKLOG) -> None:
@@ -32,20 +33,28 @@ def fill(queue_dir, count: int = BACKLOG) -> None:
     producer.close()
 
 
+def interrupt(proc) -> None:
+    """Ctrl-C, as the administrator stops `--watch` (what it printed is flushed)."""
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+
+
 def test_watch_shows_drain_rate_and_time_until_empty(ingestor, influxdb):
     influxdb.create_database("home_assistant")
     ing = ingestor({"influxdb": {"url": influxdb.url, "batch_size": 2000}})
     fill(ing.queue_dir)
-    watch = ing.start("queue", "status", "--watch", "0.5", "--count", "40", log="watch")
-    wait_until(lambda: ing.log_path("watch").read_text().count("queue directory") >= 2, 30,
-               "two refreshes before the writer starts")
+    watch = ing.start("queue", "status", "--watch", "0.2", log="watch", env={
+        "PYTHONUNBUFFERED": "1"})
+    wait_until(lambda: ing.log_path("watch").read_text().count("queue directory") >= 3, 30,
+               "refreshes before the writer starts")
     writer = ing.start("write", log="writer")
-    wait_until(lambda: watch.poll() is not None or _drained(ing), 120, "drained")
+    wait_until(lambda: _drained(ing), 180, "drained")
     wait_until(lambda: "caught up:" in ing.log_path("writer").read_text(), 30,
                "the writer's next status read (every 5 s)")
+    interrupt(watch)
+    assert watch.returncode == 0
     writer.terminate()
     writer.wait(30)
-    watch.wait(60)
     frames = ing.log_path("watch").read_text().split("\n\n")
     row = re.compile(r"^mqtt +(?P<ready>\d+) .*?(?P<rate>-?[\d ]*\d|-) +(?P<eta>\d+ s|\d+ min"
                      r"(?: \d+ s)?|-|not draining)$", re.M)
