@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 FUZZ_EXAMPLES ?= 50000
 
-.PHONY: help system-deps venv ha-venvs test images addon demo dashboards chaos fuzz bench clean
+.PHONY: help system-deps venv ha-venvs test images addon demo dashboards chaos fuzz catchup bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
@@ -19,6 +19,7 @@ help:
 	@echo "make dashboards - pictures of the InfluxDB Grafana dashboards for docs/, from a real run"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
 	@echo "make fuzz    - the property-based suites at length (50 000 examples a boundary, random seed)"
+	@echo "make catchup - the HA catch-up tests at full length (4-minute collector outages)"
 	@echo "make bench   - every benchmark; results go to docs/benchmarks.md by hand"
 	@echo "make ha-venvs - install the Home Assistant venvs now (the tests do on first use)"
 
@@ -68,10 +69,15 @@ fuzz: system-deps venv
 		-o timeout=14400 $(PYTEST_ARGS) || { echo "make fuzz: failed with seed $$seed"; exit 1; }; \
 	echo "make fuzz: passed with seed $$seed"
 
+catchup: system-deps venv
+	HA_CATCHUP_GAP_S=240 HA_CATCHUP_HANDOFF=10000 $(PY) -m pytest -q -s -ra \
+		tests/test_ha_catchup.py $(PYTEST_ARGS)
+
 bench: system-deps venv
 	$(PY) bench/queue_bench.py
 	$(PY) bench/mqtt_bench.py
 	$(PY) bench/ha_bench.py
+	$(PY) bench/ha_catchup_bench.py
 	$(PY) bench/writer_bench.py
 	$(PY) bench/e2e_bench.py
 

@@ -45,6 +45,11 @@ BACKFILLED = Counter("ha_ingestor_ha_backfilled_total",
 RESYNCED = Counter("ha_ingestor_ha_resync_states_total", "States stored from get_states snapshots")
 GAPS = Counter("ha_ingestor_ha_unfillable_gaps_total",
                "Reconnects after which missed events could not be backfilled")
+HA_RESTORED = Counter("ha_ingestor_ha_restored_total",
+                      "Dropped state changes restored from HA's recorder")
+HA_LOST = Counter("ha_ingestor_ha_lost_events_total",
+                  "Dropped events that cannot be restored (events other than state changes: HA "
+                  "keeps no history of them)")
 
 # Shared
 DEAD_LETTERS = Counter("ha_ingestor_dead_letters_total",

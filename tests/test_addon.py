@@ -265,8 +265,11 @@ def test_the_entrypoint_runs_the_pipeline_through_the_supervisor(tmp_path, real_
     proc = start_process([sys.executable, str(ENTRYPOINT)], log,
                          env=addon_env(data, standin.url), cwd=tmp_path)
     try:
+        # Both collectors ready: HA's through the stand-in, and the MQTT collector subscribed (a
+        # message published before the subscription reaches no session).
         wait_until(lambda: standin.seen.ws_sessions >= 1 and (data / "queue" / "ha.db").exists()
-                   or proc.poll() is not None, 90, "the HA collector through the stand-in")
+                   and "subscribed to" in log.read_text() or proc.poll() is not None, 90,
+                   "both collectors through the stand-in", interval=0.5)
         assert proc.poll() is None, tail(log)
         stored = expect_events_land(real_ha, broker.port, influxdb, lambda: tail(log, 80),
                                     "addon-test/", username=MQTT_USER, password=MQTT_PASSWORD,

@@ -134,8 +134,34 @@ def test_non_admin_token_is_told_plainly(ingestor):
         srv.stop()
 
 
+def test_ready_only_once_ha_has_answered_the_subscription(ingestor):
+    """/readyz turns 200 only once HA has answered ``subscribe_events``, so an event fired right
+    after readiness is in the queue. The server takes 3 s to register and answer the subscription,
+    as a busy HA can; an event fired before that reaches no client, and only state changes could
+    come back from a recorder."""
+    srv = HATestServer(token="test-token", subscribe_delay=3.0).start()
+    try:
+        ing = ingestor(collector_overrides(srv.url, srv.token, ping_interval="10s",
+                                           ping_timeout="10s"))
+        proc = ing.start("collect", "ha", log="ha")
+        wait_until(lambda: ing.ready("ha") or proc.poll() is not None, 30, "/readyz 200")
+        assert proc.poll() is None, tail(ing.log_path("ha"))
+        fired = srv.fire_event("ha_ingestor_probe", {"n": 1})
+        assert srv.subscriber_count() == 1, "ready before HA had registered the subscription"
+
+        def probes() -> list[dict]:
+            return [e["event"] for e in ing.read_all("ha")
+                    if e["event"].get("event_type") == "ha_ingestor_probe"]
+        wait_until(lambda: probes(), 30, "the event fired right after readiness in the queue")
+        assert probes() == [fired]
+        stop_collector(ing, proc)
+    finally:
+        srv.stop()
+
+
 def test_burst_of_50000_coalesced_events(ingestor, server):
-    ing, proc = start_collector(ingestor, server)
+    # the pong comes behind the burst's frames: a 2 s timeout can expire on a loaded machine
+    ing, proc = start_collector(ingestor, server, ping_interval="10s", ping_timeout="10s")
     client = server.clients[0]
     assert client.coalesce, "the collector did not ask for coalesce_messages"
     first = len(server.fired_states)
@@ -209,8 +235,9 @@ def test_queue_full_drops_by_policy_counts_and_keeps_running(ingestor, server, p
     dropped = metric(samples, "ha_ingestor_events_dropped_total", source="ha",
                      reason=policy)
     assert proc.poll() is None, "the collector must not exit (or crash-loop) on a full queue"
-    log_text = ing.log_path("ha").read_text()
-    assert "queue is full" in log_text and "dropped" in log_text
+    wait_until(lambda: "while the queue was full" in ing.log_path("ha").read_text(), 10,
+               "the drops in the log")
+    assert "queue is full" in ing.log_path("ha").read_text()
     # Every received event is either held in memory, committed, or counted as dropped.
     committed = metric(samples, "ha_ingestor_events_committed_total", source="ha")
     assert dropped <= received and committed + dropped <= received + 100
@@ -224,10 +251,11 @@ def test_without_recorder_the_gap_is_logged_once_and_counted(ingestor):
         ing, proc = start_collector(ingestor, srv)
         srv.set_state("sensor.a", "1")
         time.sleep(1)
-        for _ in range(2):
+        for gaps in (1, 2):      # each reconnect's backfill attempt, before the next drop
             srv.drop_connections()
-            time.sleep(0.5)
-            srv.wait_for_subscribers(1)
+            wait_until(lambda: metric(scrape(metrics_port(ing)),
+                                      "ha_ingestor_ha_unfillable_gaps_total") >= gaps, 30,
+                       f"unfillable gap {gaps} counted")
         time.sleep(1)
         samples = scrape(metrics_port(ing))
         assert metric(samples, "ha_ingestor_ha_unfillable_gaps_total") == 2

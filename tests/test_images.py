@@ -105,8 +105,8 @@ def test_the_product_image_runs_the_pipeline(product_image, containers, tmp_path
         "HA_INGESTOR_HOMEASSISTANT__URL": real_ha.ws_url, "HA_TOKEN": real_ha.token,
         "HA_INGESTOR_INFLUXDB__URL": influxdb.url, **metrics},
         volumes={str(queue): "/var/lib/ha-ingestor/queue"})
-    wait_until(lambda: (queue / "ha.db").exists() and (queue / "mqtt.db").exists()
-               or not container.running(), 90, "the collectors in the container")
+    wait_until(lambda: (queue / "ha.db").exists() and "subscribed to" in container.logs()
+               or not container.running(), 90, "the collectors in the container", interval=0.5)
     assert container.running(), container.logs()
     expect_events_land(real_ha, mosquitto.port, influxdb, container.logs, "image-test/")
     assert container.stop() == 0, container.logs()
@@ -134,8 +134,9 @@ def test_the_addon_image_runs_the_pipeline_through_the_supervisor(addon_image, c
         container = containers(addon_image, f"ha-ingestor-addon-test-{os.getpid()}", env={
             "SUPERVISOR_TOKEN": ADDON_TOKEN, "SUPERVISOR_URL": standin.url, **loopback_metrics()},
             volumes={str(data): "/data"})
-        wait_until(lambda: standin.seen.ws_sessions >= 1 or not container.running(), 90,
-                   "the add-on's HA collector through the stand-in")
+        wait_until(lambda: standin.seen.ws_sessions >= 1 and "subscribed to" in container.logs()
+                   or not container.running(), 90,
+                   "the add-on's collectors (HA through the stand-in, MQTT subscribed)", interval=0.5)
         assert container.running(), container.logs()
         expect_events_land(real_ha, broker.port, influxdb, container.logs, "addon-image-test/",
                            username="addons", password="Oog5ohth0aeY")

@@ -5,11 +5,12 @@ whichever comes first. The queue's SQLite connection lives in this thread only.
 
 It also keeps the *watermarks* the backfill starts from: the newest ``time_fired`` committed, over
 all state changes and per entity. They are written in the same transaction as a batch (so they are
-never ahead of what is durable), and not at all while a gap is open: from the first event of a new
-connection until that connection's backfill is committed. A collector killed during that time
-therefore backfills again from the old watermark instead of skipping the gap. Both ends of a gap
-are control items in the hand-off's FIFO, so they take effect exactly between the events of one
-connection and the next, whatever the committer still holds.
+never ahead of what is durable), and not at all while they are *held*: from the start of a
+connection until its catch-up is durable, and from a dropped state change until it is restored
+from HA's recorder. A collector killed meanwhile therefore backfills again from the held
+watermarks instead of skipping what is missing. Two control items in the hand-off's FIFO take
+effect exactly between the events queued before and after them: ``snapshot_marks`` (the marks a
+connection's backfill starts from) and ``release_after_queued`` (the marks move again).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from datetime import datetime
+from typing import Callable
 
 from ha_ingestor import metrics
 from ha_ingestor.config import QueueConfig
@@ -35,7 +38,6 @@ ENTITY_MARKS_KEY = "ha.entity_newest"        # JSON {entity_id: epoch seconds}
 ENTITY_MARKS_EVERY_S = 1.0                   # a large per-entity map is written at most this often
 ENTITY_MARKS_SMALL = 200                     # ... a map this small goes with every batch
 FULL_RETRY_S = 0.5
-DROP_LOG_EVERY_S = 10.0
 
 
 def epoch(iso_time: str) -> float:
@@ -96,15 +98,14 @@ class Committer:
         self.handoff = handoff
         self.error: BaseException | None = None
         self.ready = threading.Event()
-        self.gap_open = True            # until the first connect's backfill/resync is durable
+        self.holding = True             # watermarks held: until the first catch-up is durable
         self.committed = 0
         self._marks = Watermarks()      # in memory: everything committed
         self._persisted = Watermarks()  # what the queue file holds
         self._marks_written_at = 0.0
         self._stopping = False
         self._full_since: float | None = None
-        self._drops_logged = 0
-        self._drops_logged_at = 0.0
+        self._full_seen_ns = 0          # the latest moment the queue file was found full
         self._producer: Producer | None = None
         self._thread = threading.Thread(target=self._run, name="ha-committer", daemon=True)
         self._latency = metrics.COMMIT_LATENCY.labels(HA)
@@ -127,35 +128,44 @@ class Committer:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def open_gap_here(self) -> threading.Event:
-        """Events queued from now on belong to a new connection: they must not move the durable
-        watermarks until its backfill is committed (``close_gap_after_queued``). Returns an Event
-        set once everything queued before (the previous connection's events) is committed."""
-        committed_before = threading.Event()
+    def hold(self) -> None:
+        """Stop writing watermarks from now on (any thread; takes effect at once)."""
+        self.holding = True
 
-        def open_gap() -> None:
-            self.gap_open = True
-            committed_before.set()
-        self.handoff.put_control(open_gap)
-        return committed_before
+    def snapshot_marks(self, precise: bool) -> Future:
+        """A Future of the watermarks once everything queued so far is committed: the in-memory
+        ones (written down first) when ``precise``, else the held ones in the queue file (older:
+        an earlier catch-up or restore did not finish, and only they are safe to start from)."""
+        future: Future = Future()
 
-    def close_gap_after_queued(self) -> threading.Event:
-        """Close the gap once everything queued so far is committed; returns an Event set then."""
-        done = threading.Event()
+        def snapshot() -> None:
+            if precise:
+                self._write_marks()
+            future.set_result((self._marks if precise else self._persisted).copy())
+        self.handoff.put_control(snapshot)
+        return future
 
-        def close() -> None:
-            self.gap_open = False
-            self._write_marks()
-            done.set()
-        self.handoff.put_control(close)
-        return done
+    def release_after_queued(self, still_valid: Callable[[], bool]) -> Future:
+        """Once everything queued so far is committed, let the watermarks move again, unless
+        ``still_valid()`` says otherwise by then (a state change was dropped meanwhile). Returns
+        a Future of whether they were released."""
+        future: Future = Future()
 
-    def persisted_marks(self) -> Watermarks:
-        """The watermarks as the queue file holds them (valid starting points for a backfill)."""
-        return self._persisted.copy()
+        def release() -> None:
+            valid = still_valid()
+            if valid:
+                self.holding = False
+                self._write_marks()
+            future.set_result(valid)
+        self.handoff.put_control(release)
+        return future
 
     def full(self) -> bool:
         return self._full_since is not None
+
+    def full_since(self, rx_ns: int | None) -> bool:
+        """Whether the queue file is full, or was at some moment after ``rx_ns`` (wall ns)."""
+        return self.full() or (rx_ns is not None and self._full_seen_ns >= rx_ns)
 
     def dead_letter_later(self, entries: list[tuple[dict, str]]) -> None:
         """Store (envelope, reason) dead letters in order with the events queued before them."""
@@ -197,7 +207,6 @@ class Committer:
             if due:
                 self._commit(pending)
                 pending = []
-            self._log_drops()
             if self._stopping and not pending and not len(self.handoff):
                 return
 
@@ -247,8 +256,8 @@ class Committer:
                     entries[0][1][:300])
 
     def _meta_for(self, events: list[dict]) -> dict[str, str] | None:
-        """Watermarks to write with this batch (none while a gap is open)."""
-        if self.gap_open:
+        """Watermarks to write with this batch (none while they are held)."""
+        if self.holding:
             return None
         trial = self._marks.copy()
         trial.observe(events)
@@ -278,10 +287,12 @@ class Committer:
             log.warning("queue has room again after %.0f s; committing", time.monotonic()
                         - self._full_since)
             self._full_since = None
+            self._full_seen_ns = time.time_ns()
             metrics.QUEUE_FULL.labels(HA).set(0)
 
     def _wait_for_room(self, exc: QueueFull, count: int) -> bool:
         """Queue full: hold this batch (the hand-off fills, then drops by policy) and retry."""
+        self._full_seen_ns = time.time_ns()
         if self._full_since is None:
             self._full_since = time.monotonic()
             metrics.QUEUE_FULL.labels(HA).set(1)
@@ -293,11 +304,10 @@ class Committer:
             metrics.EVENTS_DROPPED.labels(HA, "stopped_while_full").inc(count)
             return False
         time.sleep(FULL_RETRY_S)
-        self._log_drops()
         return True
 
     def _write_marks(self) -> None:
-        """Write the in-memory watermarks now (when a gap closes)."""
+        """Write the in-memory watermarks now (everything before is committed)."""
         meta = {}
         if self._marks.newest:
             meta[WATERMARK_KEY] = self._marks.newest
@@ -306,15 +316,3 @@ class Committer:
             self._producer.set_meta(key, value)
         self._persisted = self._marks.copy()
         self._marks_written_at = time.monotonic()
-
-    def _log_drops(self) -> None:
-        dropped = self.handoff.dropped
-        if dropped == self._drops_logged:
-            return
-        now = time.monotonic()
-        if now - self._drops_logged_at < DROP_LOG_EVERY_S and self._drops_logged:
-            return
-        reason = "the queue is full" if self.full() else "the committer cannot keep up"
-        log.error("dropped %d events (%d in total) by homeassistant.full_policy=%s: %s",
-                  dropped - self._drops_logged, dropped, self.handoff.policy, reason)
-        self._drops_logged, self._drops_logged_at = dropped, now

@@ -31,9 +31,7 @@ log = logging.getLogger(__name__)
 
 INVALID_LOG_EVERY_S = 10.0
 
-# (events of one frame, receive time in ns)
-UnreadableSink = Callable[[Any, str, int], None]   # (raw frame, reason, receive time ns)
-EventSink = Callable[[list[dict], int], None]
+EventSink = Callable[[list[dict], int], None]        # (events of one frame, receive time ns)
 UnreadableSink = Callable[[Any, str, int], None]   # (raw frame, reason, receive time ns)
 
 

@@ -280,13 +280,15 @@ HA_KEYS = [
     Key("backfill", v.as_bool, True, "After each reconnect, read the state changes missed while "
         "away from HA's recorder."),
     Key("backfill_margin", _duration_min(0), "10s", "Start the backfill this long before the "
-        "newest committed event, and run a second backfill pass this long after subscribing "
-        "(both cover the recorder's commit interval)."),
+        "newest committed event, run a second backfill pass this long after subscribing, and "
+        "wait this long after a drop before restoring it (all cover the recorder's commit "
+        "interval)."),
     Key("handoff_max_events", _ge(1000), 10000, "Events held in memory between the socket "
         "reader and the committer (about 5 kB each while the queue is full; HA itself cuts off "
         "a client with 4 096 pending messages, so more only helps through a full queue)."),
-    Key("full_policy", _choice("drop_newest", "drop_oldest"), "drop_newest", "What to drop "
-        "when the queue is full (HA cannot be paused); every drop is counted."),
+    Key("full_policy", _choice("drop_newest", "drop_oldest"), "drop_newest", "Which live "
+        "events to drop when the queue is full (HA cannot be paused); every drop is counted, and "
+        "dropped state changes are restored from HA's recorder once the queue has room."),
 ]
 
 INFLUX_KEYS = [

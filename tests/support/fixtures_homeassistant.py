@@ -8,6 +8,8 @@
   shared by every test in the session; tests that restart it leave it running.
 - ``real_ha_factory`` (function, per release): ``real_ha_factory(extra_yaml="influxdb: ...",
   recorder=True)`` starts another real HA in the test's tmp dir and stops it at teardown.
+- ``big_real_ha`` (module, per release): another real HA with 5 000 more entities
+  (``sensor.load_NNNN``, tests/support/ha_load.py) for catch-up tests on a big installation.
 - ``ha_test_server`` (function): an in-process ``HATestServer`` (faults on demand).
 
 Outside CI a machine that cannot install HA skips the real-HA tests; under CI=true it fails them.
@@ -20,9 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ha_load import BIG_HA_DOMAINS, start_big_ha
 from tests.support.procs import in_ci, tail, wait_until
 from tests.support.real_ha import (HA_VERSIONS, HAInstallError, HomeAssistantServer,
                                    ensure_ha_venv)
+
+BIG_HA_ENTITIES = 5000
 
 
 def ha_venv_or_skip(version: str, extra_domains: tuple[str, ...] = ()) -> Path:
@@ -89,6 +94,17 @@ def real_ha_factory(ha_version, tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def big_real_ha(ha_version, tmp_path_factory):
+    """A running real HA with recorder and history and ``BIG_HA_ENTITIES`` power sensors
+    (``sensor.load_0000`` ...) besides the usual helpers; shared by one test module."""
+    ha_venv_or_skip(ha_version, BIG_HA_DOMAINS)
+    server = start_big_ha(tmp_path_factory.mktemp(f"big-ha-{ha_version}"),
+                          entities=BIG_HA_ENTITIES, version=ha_version)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 A real HA (tests/support/real_ha.py) is used wherever it can show the behaviour; this server is for
 what a real HA cannot be made to do when a test wants it: drop every connection mid-stream, freeze
 (stop answering pings with the TCP connection open), reject the token, fire 50 000 events in a
-burst, coalesce messages into JSON arrays, send malformed JSON or unknown message types.
+burst, coalesce messages into JSON arrays, send malformed JSON or unknown message types, take
+``subscribe_delay`` seconds to register and answer a subscription (as a busy HA can).
 
 It speaks the frames captured from real HA releases (``tests/data/ha-samples``): as HA 2025.4.4
 by default (what users run; every state carries ``last_reported``, and times are ``time.time()``
@@ -138,7 +139,7 @@ class HATestServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token: str = "test-token",
                  rate: float = 0.0, entities: int = 8, admin: bool = True, recorder: bool = True,
                  recorder_lag: float = 0.0, ssl_context: ssl.SSLContext | None = None,
-                 ha_version: str = DEFAULT_PROTOCOL):
+                 ha_version: str = DEFAULT_PROTOCOL, subscribe_delay: float = 0.0):
         if ha_version not in HA_VERSIONS:
             raise ValueError(f"ha_version must be one of {', '.join(HA_VERSIONS)}: {ha_version}")
         self.ha_version = ha_version
@@ -150,6 +151,7 @@ class HATestServer:
         self.admin = admin
         self.recorder = recorder
         self.recorder_lag = recorder_lag
+        self.subscribe_delay = subscribe_delay   # a busy HA: the subscription takes effect late
         self.ssl_context = ssl_context
         self.entities = self._make_entities(entities)
         self.clients: list[_Client] = []
@@ -532,6 +534,8 @@ class HATestServer:
         if not self.admin and event_type not in NON_ADMIN_EVENT_TYPES[self.ha_version]:
             await self._error(client, msg_id, "unauthorized", "Unauthorized")
             return
+        if self.subscribe_delay:   # HA registers a subscription when it answers it, not before
+            await asyncio.sleep(self.subscribe_delay)
         client.subscriptions[msg_id] = event_type
         await self._result(client, msg_id)
 
