@@ -9,13 +9,22 @@ events, zigbee2mqtt JSON and plain MQTT values; one point each), then in the sam
 1. ``influx_ceiling_points_per_s``: InfluxDB's own ceiling for this data: the same lines, built
    beforehand, posted by one client in ``--batch-size`` batches (gzip, like the writer);
 2. ``drain_points_per_s``: ``ha-ingestor write`` as its own process, from start until both
-   queues are empty, all points verified in InfluxDB;
-3. ``rss_mb_at_1m_backlog``: the writer's peak resident memory (VmHWM) during that drain;
-4. ``cost_us_per_event``: each step of the writer timed alone on a separate 100 000-event queue
-   (take, convert including the UTF-8 encoding of the line, ack; ``influx_post`` from step 1),
-   and the points/s one Python process could
-   reach doing them back to back (``python_side_ceiling_points_per_s``; the writer overlaps the
-   post with the next take and convert).
+   queues are empty, all points verified in InfluxDB (``--converter-process``: the writer's
+   ``influxdb.converter_process``, ``no`` by default);
+3. ``rss_mb_at_1m_backlog``: the writer's peak resident memory (VmHWM) during that drain, and
+   ``converter_rss_mb`` the converter process's, when there is one;
+4. ``cost_us_per_event``: the CPU time (``process_time``, so a busy machine inflates it less than
+   wall time) of each step of the writer alone on a separate 100 000-event queue (take,
+   decode, convert including the UTF-8 encoding of the line, ack; ``influx_post`` from step
+   1), and the points/s one Python process could reach doing them back to back (``python_side_ceiling_points_per_s``; the writer
+   overlaps the post with the next take and convert), or two, the writer taking and acking
+   while a converter process decodes and converts (``python_side_ceiling_two_processes``);
+5. ``cpu_us_per_point``: CPU time (utime + stime from /proc) of each process per point, during
+   the ceiling run (influxd and the posting client) and the drain (influxd, the writer, its
+   converter process), and from those the rates an idle 2-core machine would allow
+   (``idle_2_core_projection``): each single-threaded process capped at one core, all of them
+   together at two. A projection, not a measurement; it holds up on a busy machine, where the
+   wall-clock figures above measure the other work as much as this one.
 
 Prints one JSON line.
 """
@@ -38,6 +47,7 @@ import yaml  # noqa: E402
 
 from ha_ingestor import queue  # noqa: E402
 from ha_ingestor.config.schema import build_schema  # noqa: E402
+from tests.chaos.procfs import children, cpu_seconds  # noqa: E402
 from tests.support.fixtures_influx import InfluxServer, mixed_events  # noqa: E402
 from tests.support.procs import free_port  # noqa: E402
 
@@ -60,8 +70,10 @@ def fill_queues(queue_dir: Path, total: int, start_ns: int) -> float:
     return time.monotonic() - began
 
 
-def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int) -> float:
-    """Points/s for pre-built lines posted through the writer's own v1 sink."""
+def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int
+            ) -> tuple[float, dict]:
+    """Points/s for pre-built lines posted through the writer's own v1 sink, and the CPU µs per
+    point of influxd and of this client."""
     from ha_ingestor.config import load_config
     from writer.convert import Converter
     from writer.sink_v1 import SinkV1
@@ -73,57 +85,67 @@ def ceiling(server: InfluxServer, points: int, batch_size: int, start_ns: int) -
                                            "mqtt": {"enabled": False},
                                            "homeassistant": {"enabled": False}}))
     sink = SinkV1(load_config(config_path).influxdb)
+    influx_cpu, client_cpu = cpu_seconds(server.proc.pid), time.process_time()
     began = time.monotonic()
     for i in range(0, len(lines), batch_size):
         sink.write(lines[i:i + batch_size])
     elapsed = time.monotonic() - began
+    cpu = {"influxd": cpu_seconds(server.proc.pid) - influx_cpu,
+           "client": time.process_time() - client_cpu}
     sink.close()
-    return len(lines) / elapsed
+    return len(lines) / elapsed, {k: round(v / len(lines) * 1e6, 2) for k, v in cpu.items()}
 
 
 def cost_breakdown(workdir: Path, events: int, start_ns: int) -> dict:
-    """Microseconds per event of each step of the writer, one at a time in this process, on a
-    separate queue of ``events``: take (persist-queue's SELECT, status commit and JSON decode of
-    the item), convert, ack."""
+    """CPU microseconds per event of each step of the writer, one at a time in this process, on
+    a separate queue of ``events``: take (the item marked in flight and its JSON read), decode
+    (the JSON into events), convert, ack."""
     from writer.convert import Converter
     queue_dir = workdir / "breakdown-queue"
     fill_queues(queue_dir, events, start_ns)
     convert = Converter(build_schema(SCHEMA)).convert
-    took = converted = acked = 0.0
+    spent = {"queue_take": 0.0, "decode": 0.0, "convert": 0.0, "queue_ack": 0.0}
     count = 0
     for source in ("ha", "mqtt"):
         consumer = queue.Consumer(queue_dir, source)
         while True:
-            began = time.perf_counter()
+            began = time.process_time()
             items = consumer.take(1)
-            took += time.perf_counter() - began
+            spent["queue_take"] += time.process_time() - began
             if not items:
                 break
-            began = time.perf_counter()
-            for event in items[0].events:
+            began = time.process_time()
+            decoded = items[0].events
+            spent["decode"] += time.process_time() - began
+            began = time.process_time()
+            for event in decoded:
                 convert(event).encode()          # the writer encodes each line itself
-            converted += time.perf_counter() - began
-            began = time.perf_counter()
+            spent["convert"] += time.process_time() - began
+            began = time.process_time()
             consumer.ack([items[0].item_id])
-            acked += time.perf_counter() - began
-            count += len(items[0].events)
+            spent["queue_ack"] += time.process_time() - began
+            count += items[0].count
         consumer.close()
-    return {"queue_take": round(took / count * 1e6, 2), "convert": round(converted / count * 1e6, 2),
-            "queue_ack": round(acked / count * 1e6, 2)}
+    return {step: round(seconds / count * 1e6, 2) for step, seconds in spent.items()}
 
 
 def rss_peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
     return 0.0
 
 
-def drain(server: InfluxServer, workdir: Path, total: int, batch_size: int) -> dict:
+def drain(server: InfluxServer, workdir: Path, total: int, batch_size: int,
+          converter_process: str) -> dict:
     server.create_database("home")
     config = {"queue": {"dir": str(workdir / "queue")},
               "mqtt": {"enabled": False}, "homeassistant": {"enabled": False},
-              "influxdb": {"url": server.url, "database": "home", "batch_size": batch_size},
+              "influxdb": {"url": server.url, "database": "home", "batch_size": batch_size,
+                           "converter_process": converter_process},
               "metrics": {"ports": {"writer": free_port()}}, "schema": SCHEMA}
     config_path = workdir / "writer.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -131,10 +153,14 @@ def drain(server: InfluxServer, workdir: Path, total: int, batch_size: int) -> d
     began = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "ha_ingestor", "--config", str(config_path),
                              "write"], stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    peak = 0.0
+    peak = converter = 0.0
+    influx_cpu = cpu_seconds(server.proc.pid)
+    spent: dict[int, float] = {}
     while True:
         time.sleep(0.25)
         peak = max(peak, rss_peak_mb(proc.pid))
+        converter = max([converter] + [rss_peak_mb(c) for c in children(proc.pid)])
+        spent.update(_cpu_of([proc.pid] + children(proc.pid)))
         left = sum(s.ready + s.in_flight for s in
                    (queue.read_status(workdir / "queue", src) for src in ("ha", "mqtt")) if s)
         if left == 0:
@@ -143,11 +169,40 @@ def drain(server: InfluxServer, workdir: Path, total: int, batch_size: int) -> d
             raise RuntimeError(f"writer exited with {proc.returncode}; see {workdir}/writer.log")
     elapsed = time.monotonic() - began
     peak = max(peak, rss_peak_mb(proc.pid))
+    converter = max([converter] + [rss_peak_mb(c) for c in children(proc.pid)])
+    spent.update(_cpu_of([proc.pid] + children(proc.pid)))
+    influx_cpu = cpu_seconds(server.proc.pid) - influx_cpu
     proc.terminate()
     proc.wait(30)
     written = server.points_fast("home")
+    per_point = {"influxd": influx_cpu, "writer": spent.pop(proc.pid, 0.0),
+                 "converter": sum(spent.values())}
     return {"drain_s": round(elapsed, 2), "points_written": written,
-            "drain_points_per_s": round(written / elapsed), "rss_mb_at_1m_backlog": round(peak, 1)}
+            "drain_points_per_s": round(written / elapsed), "rss_mb_at_1m_backlog": round(peak, 1),
+            "converter_rss_mb": round(converter, 1),
+            "drain_cpu": {k: round(v / written * 1e6, 2) for k, v in per_point.items()}}
+
+
+def _cpu_of(pids: list[int]) -> dict[int, float]:
+    seconds = {}
+    for pid in pids:
+        try:
+            seconds[pid] = cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return seconds
+
+
+def idle_2_core_projection(ceiling_cpu: dict, drain_cpu: dict) -> dict:
+    """Points/s an idle 2-core machine would allow: every single-threaded Python process
+    capped at one core (influxd is multi-threaded), all processes together at two cores."""
+    def rate(single_threaded: list[float], everything: list[float]) -> float:
+        limits = [1e6 / us for us in single_threaded if us > 0]
+        return min(limits + [2e6 / sum(everything)])
+    top = rate([ceiling_cpu["client"]], list(ceiling_cpu.values()))
+    drain = rate([drain_cpu["writer"], drain_cpu["converter"]], list(drain_cpu.values()))
+    return {"ceiling_points_per_s": round(top), "drain_points_per_s": round(drain),
+            "drain_vs_ceiling": round(drain / top, 2)}
 
 
 def main() -> None:
@@ -156,6 +211,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--ceiling-points", type=int, default=200_000)
     parser.add_argument("--breakdown-events", type=int, default=100_000)
+    parser.add_argument("--converter-process", choices=("auto", "yes", "no"), default="no",
+                        help="the writer's influxdb.converter_process")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary folder (queue files, InfluxDB data, writer.log)")
     args = parser.parse_args()
@@ -164,22 +221,30 @@ def main() -> None:
     try:
         start_ns = time.time_ns() - 3 * 3600 * 10**9
         fill_s = fill_queues(workdir / "queue", args.events, start_ns)
-        ceiling_pps = ceiling(server, args.ceiling_points, args.batch_size,
-                              start_ns - 3600 * 10**9)
-        result = drain(server, workdir, args.events, args.batch_size)
+        ceiling_pps, ceiling_cpu = ceiling(server, args.ceiling_points, args.batch_size,
+                                           start_ns - 3600 * 10**9)
+        result = drain(server, workdir, args.events, args.batch_size, args.converter_process)
         costs = cost_breakdown(workdir, args.breakdown_events, start_ns - 2 * 3600 * 10**9)
     finally:
         server.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     costs["influx_post"] = round(1e6 / ceiling_pps, 2)
-    one_core = 1e6 / (costs["queue_take"] + costs["convert"] + costs["queue_ack"])
+    one_core = 1e6 / sum(costs[k] for k in ("queue_take", "decode", "convert", "queue_ack"))
+    # with a converter process: the writer takes and acks, the converter decodes and converts
+    two_cores = 1e6 / max(costs["queue_take"] + costs["queue_ack"],
+                          costs["decode"] + costs["convert"])
+    drain_cpu = result.pop("drain_cpu")
     print(json.dumps({"events": args.events, "batch_size": args.batch_size,
+                      "converter_process": args.converter_process,
                       "fill_s": round(fill_s, 1), **result,
                       "influx_ceiling_points_per_s": round(ceiling_pps),
                       "drain_vs_ceiling": round(result["drain_points_per_s"] / ceiling_pps, 2),
                       "cost_us_per_event": costs,
-                      "python_side_ceiling_points_per_s": round(one_core)}))
+                      "python_side_ceiling_points_per_s": round(one_core),
+                      "python_side_ceiling_two_processes": round(two_cores),
+                      "cpu_us_per_point": {"ceiling": ceiling_cpu, "drain": drain_cpu},
+                      "idle_2_core_projection": idle_2_core_projection(ceiling_cpu, drain_cpu)}))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ EXIT_OK = 0            # clean stop (signal or end of work)
 EXIT_FAILURE = 1       # unexpected error: a bug or an unclassified failure; restart is reasonable
 EXIT_CONFIG = 2        # bad configuration or command-line usage: restarting will not help
 EXIT_AUTH = 3          # the source or sink refused our credentials: restarting will not help
-EXIT_QUEUE = 4         # the queue file is unusable (corrupt, not SQLite, no permission)
+EXIT_QUEUE = 4         # a queue file is unusable (corrupt, not SQLite, no permission) or in use
 EXIT_KILLED = 130      # second signal: stopped at once without draining
 
 EXIT_CODES = {
@@ -19,7 +19,8 @@ EXIT_CODES = {
     EXIT_FAILURE: "unexpected error (see the log); safe to restart",
     EXIT_CONFIG: "bad configuration or usage; fix the config before restarting",
     EXIT_AUTH: "authentication refused by the MQTT broker or Home Assistant (the writer retries InfluxDB credentials instead, without losing anything)",
-    EXIT_QUEUE: "the queue file cannot be opened or is corrupt",
+    EXIT_QUEUE: "a queue file cannot be opened (corrupt, no permission) or another process "
+                "already has its role (a second writer or collector)",
     EXIT_KILLED: "stopped at once by a second signal",
 }
 
@@ -42,6 +43,11 @@ class AuthError(IngestorError):
     exit_code = EXIT_AUTH
 
 
+class ConverterStopped(IngestorError):
+    """The writer's converter process stopped (a crash, a kill). The writer exits 1 and is
+    restarted; what it had taken is taken again (and an item it keeps dying on, moved aside)."""
+
+
 class QueueError(IngestorError):
     """The queue file is unusable (corrupt, not SQLite, unwritable). The message names the file."""
 
@@ -56,6 +62,16 @@ class NoSuchItem(QueueError):
 
 class QueueFull(IngestorError):
     """Appending would take the queue past ``queue.max_bytes``; nothing was written."""
+
+
+class DiskFull(QueueFull):
+    """The filesystem holding the queue has no room for this operation; nothing was written.
+    Never a reason to exit: wait (with backoff) for the writer or the operator to free space."""
+
+
+class Stopping(Exception):
+    """A stop was requested while work could not be finished (InfluxDB or the disk refusing it);
+    the work stays in the queue and is done again after a restart."""
 
 
 class TransientError(IngestorError):
@@ -77,3 +93,8 @@ class ConversionError(PermanentError, ValueError):
     def __init__(self, message: str, kind: str = "malformed"):
         super().__init__(message)
         self.kind = kind
+
+
+class UnreadableItem(PermanentError):
+    """The stored bytes of one queue item cannot be decoded (a damaged file): that item's
+    problem only. The writer keeps its bytes as a dead letter with this reason and goes on."""

@@ -120,8 +120,14 @@ def die_with_parent(stop: StopFlag) -> None:
     parent = os.environ.get(PARENT_PID_ENV)
     if not parent or not parent.isdigit():
         return
-    if sys.platform.startswith("linux"):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    signal_when_parent_dies(signal.SIGTERM)
     if os.getppid() != int(parent):
         stop.set()          # the supervisor is gone already: stop as if it had sent SIGTERM
+
+
+def signal_when_parent_dies(signum: int) -> None:
+    """Ask Linux to send ``signum`` to this process when its parent dies (elsewhere: nothing).
+    The caller checks ``os.getppid()`` afterwards: the parent may have died before."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)

@@ -71,6 +71,9 @@ QUEUE_DEAD = Gauge("ha_ingestor_queue_dead_letters", "Events in the dead-letter 
 QUEUE_OLDEST_AGE = Gauge("ha_ingestor_queue_oldest_age_seconds",
                          "Age of the oldest unacknowledged event", ["source"])
 QUEUE_BYTES = Gauge("ha_ingestor_queue_bytes", "Bytes used by the queue file", ["source"])
+QUEUE_DISK_FULL = Counter("ha_ingestor_queue_disk_full_total",
+                          "Queue operations the full filesystem refused, retried after a backoff",
+                          ["source", "operation"])
 
 # Writer
 POINTS_WRITTEN = Counter("ha_ingestor_points_written_total", "Points InfluxDB accepted")
@@ -103,6 +106,34 @@ CHILD_STALLS = Counter("ha_ingestor_child_stalls_total",
 def set_build_info(component: str) -> None:
     BUILD_INFO.labels(version=__version__, python=platform.python_version(),
                       component=component).set(1)
+
+
+# Counters by name, for counts a helper process (the writer's converter) makes on a process's
+# behalf: it reports what changed (``counter_changes``) and the process adds it (``add_counts``).
+_COUNTERS = {c._name: c for c in list(globals().values()) if isinstance(c, Counter)}
+Counts = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def counter_values() -> Counts:
+    """Every counter of this process: (name, labels) → value."""
+    return {(name, tuple(sorted(sample.labels.items()))): sample.value
+            for name, counter in _COUNTERS.items()
+            for sample in counter.collect()[0].samples if sample.name.endswith("_total")}
+
+
+def counter_changes(before: Counts) -> tuple[Counts, list[tuple[str, dict, float]]]:
+    """The counters now, and what changed since ``before``: (name, labels, increase)."""
+    now = counter_values()
+    return now, [(name, dict(labels), value - before.get((name, labels), 0.0))
+                 for (name, labels), value in now.items()
+                 if value != before.get((name, labels), 0.0)]
+
+
+def add_counts(changes: list[tuple[str, dict, float]]) -> None:
+    """Add what another process counted for this one (``counter_changes``)."""
+    for name, labels, increase in changes:
+        counter = _COUNTERS[name]
+        (counter.labels(**labels) if labels else counter).inc(increase)
 
 
 class _Handler(BaseHTTPRequestHandler):

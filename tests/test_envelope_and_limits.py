@@ -55,7 +55,6 @@ def test_full_queue_refuses_appends_and_recovers_when_drained(tmp_path, monkeypa
     consumer = Consumer(tmp_path, "mqtt")
     while batches := consumer.take(1000):
         consumer.ack(b.item_id for b in batches)
-    consumer._q.clear_acked_data(max_delete=None, keep_latest=None)
     assert not producer.is_full()
     producer.append(big)
 

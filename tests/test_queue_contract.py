@@ -1,14 +1,20 @@
-"""The durable queue's contract, each scenario with real processes on one SQLite file."""
+"""The durable queue's contract, run against its interface (Producer, Consumer and the repair
+functions), each scenario with real processes on one queue file."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from ha_ingestor import queue
+from ha_ingestor.errors import NoSuchItem, QueueError, QueueFull, UnreadableItem
 from ha_ingestor.queue import Consumer, Producer, read_status
 
 WORKER = [sys.executable, "-m", "tests.support.queue_worker"]
@@ -146,3 +152,175 @@ def test_items_given_back_are_taken_again_before_newer_ones(tmp_path):
     consumer.ack(b.item_id for b in again)
     producer.append([{"seq": 4}])                      # appended after the consumer's cursor
     assert [b.events[0]["seq"] for b in consumer.take(10)] == [4]
+
+
+def test_a_second_consumer_process_is_refused_naming_the_first(tmp_path):
+    Producer(tmp_path, "mqtt", 2**40).append([{"seq": 0}])
+    proc = spawn("consume", str(tmp_path), str(tmp_path / "seen.txt"), "--hold")
+    read_line(proc, "took")
+    with pytest.raises(QueueError, match=rf"mqtt.db is already used by the writer \(pid {proc.pid}\)"):
+        Consumer(tmp_path, "mqtt")
+    assert read_status(tmp_path, "mqtt").in_flight == 1      # not handed back by the attempt
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [b.events for b in Consumer(tmp_path, "mqtt").take(10)] == [[{"seq": 0}]]
+
+
+def test_an_item_moves_to_the_dead_letters_whole_taken_or_ready(tmp_path):
+    producer = Producer(tmp_path, "mqtt", 2**40)
+    taken_id = producer.append([{"seq": i} for i in range(3)])
+    ready_id = producer.append([{"seq": 3}, {"seq": 4}])
+    producer.append([{"seq": 5}])
+    consumer = Consumer(tmp_path, "mqtt")
+    assert [b.item_id for b in consumer.take(1)] == [taken_id]
+
+    assert consumer.dead_letter_item(taken_id, "crashed the writer 3 times") == 3
+    assert queue.dead_letter_item(tmp_path, "mqtt", ready_id, "moved aside by hand") == 2
+    with pytest.raises(NoSuchItem, match=f"no item {ready_id} waiting"):
+        queue.dead_letter_item(tmp_path, "mqtt", ready_id, "again")
+    with pytest.raises(NoSuchItem, match="no item 999 waiting"):
+        consumer.dead_letter_item(999, "no such item")
+    letters = queue.list_dead(tmp_path, "mqtt")
+    assert [(d.event["seq"], d.reason) for d in letters] == [
+        (0, "crashed the writer 3 times"), (1, "crashed the writer 3 times"),
+        (2, "crashed the writer 3 times"), (3, "moved aside by hand"), (4, "moved aside by hand")]
+    status = read_status(tmp_path, "mqtt")
+    assert (status.ready, status.in_flight, status.dead) == (1, 0, 5)
+    assert [b.events for b in consumer.take(10)] == [[{"seq": 5}]]
+
+
+def test_an_item_purged_while_in_flight_is_gone_not_an_error(tmp_path):
+    Producer(tmp_path, "mqtt", 2**40).append([{"seq": 0}])
+    consumer = Consumer(tmp_path, "mqtt")
+    [batch] = consumer.take(10)
+    assert queue.purge(tmp_path, "mqtt") == 1                 # an operator, meanwhile
+    assert consumer.events_of(batch.item_id) is None
+    consumer.ack([batch.item_id], [({"seq": 0}, "rejected")])  # the writer finishing its round
+    status = read_status(tmp_path, "mqtt")
+    assert (status.ready, status.in_flight, status.dead) == (0, 0, 1)
+
+
+def store_dead_letters(queue_dir: Path, count: int) -> None:
+    consumer = Consumer(queue_dir, "mqtt")
+    consumer.dead_letter(({"seq": i, "pad": "x" * 200}, "rejected") for i in range(count))
+    consumer.close()
+
+
+def test_requeue_dead_killed_at_any_point_never_doubles_nor_loses_a_letter(tmp_path):
+    store_dead_letters(tmp_path / "timing", 20_000)
+    proc = spawn("requeue", str(tmp_path / "timing"))
+    read_line(proc, "requeueing")
+    began = time.monotonic()
+    read_line(proc, "requeued")
+    duration = time.monotonic() - began
+
+    store_dead_letters(tmp_path, 20_000)
+    for fraction in (0.1, 0.3, 0.5, 0.7, 0.9, None):
+        proc = spawn("requeue", str(tmp_path))
+        read_line(proc, "requeueing")
+        if fraction is None:
+            read_line(proc, "requeued")
+        else:
+            time.sleep(fraction * duration)
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        queued = [e["seq"] for e in queue.peek(tmp_path, "mqtt", limit=10**6)]
+        dead = [d.event["seq"] for d in queue.list_dead(tmp_path, "mqtt")]
+        assert sorted(queued + dead) == list(range(20_000)), f"killed at {fraction}"
+        assert not queued or not dead, "requeued and still dead at once"
+    assert len(queued) == 20_000
+
+
+def test_a_persist_queue_without_what_the_backend_uses_is_refused_naming_it(tmp_path,
+                                                                            monkeypatch):
+    """A persist-queue release that changed the internals BatchQueue extends (simulated by
+    removing one from the installed class): a clear error and exit 4, never a silent change of
+    how items are taken and acknowledged."""
+    from ha_ingestor.queue import sqlite_backend
+    monkeypatch.delattr(sqlite_backend.SQLiteAckQueue, "_mark_ack_status")
+    with pytest.raises(QueueError, match=r"persist-queue \d+\.\d+\.\d+ is not the version this "
+                                         r"release was built for \(1\.1\): it lacks "
+                                         r"_mark_ack_status") as refused:
+        Producer(tmp_path, "mqtt", 2**30)
+    assert refused.value.exit_code == 4
+
+
+def test_a_full_file_drained_in_one_burst_takes_as_much_again(tmp_path, monkeypatch):
+    """An ack deletes the item in its own transaction: a file filled to ``max_bytes`` and
+    drained by one take and one ack (the first release cleared acknowledged rows only every
+    second or every 50 acks, so such a file stayed full of acknowledged rows for good) has its
+    room back at once, every time."""
+    monkeypatch.setattr("ha_ingestor.queue.FULL_RECHECK_S", 0.0)
+    producer = Producer(tmp_path, "mqtt", max_bytes=6_000_000)
+    batch = [{"src": "mqtt", "topic": "t", "p": "x" * 1000, "seq": i} for i in range(100)]
+
+    def fill() -> int:
+        appended = 0
+        with pytest.raises(QueueFull, match="queue is full"):
+            while appended < 1000:
+                producer.append(batch)
+                appended += 1
+        return appended
+
+    consumer = Consumer(tmp_path, "mqtt")
+    first = fill()
+    assert first >= 20
+    for _round in range(3):
+        taken = consumer.take(10**6)
+        consumer.ack([b.item_id for b in taken])              # one burst, one ack
+        status = read_status(tmp_path, "mqtt")
+        assert (status.ready, status.in_flight) == (0, 0)
+        assert not producer.is_full()
+        assert fill() >= first - 1
+
+
+def damage(path: Path, item_id: int, data: bytes) -> None:
+    """Overwrite one item's stored bytes, as a damaged disk would."""
+    conn = sqlite3.connect(path)
+    with conn:
+        assert conn.execute("UPDATE batch_data SET data = ? WHERE _id = ?",
+                            (data, item_id)).rowcount == 1
+    conn.close()
+
+
+def test_an_item_whose_bytes_cannot_be_decoded_is_kept_as_a_dead_letter(tmp_path):
+    producer = Producer(tmp_path, "mqtt", 2**30)
+    ids = [producer.append([{"seq": 2 * i}, {"seq": 2 * i + 1}]) for i in range(3)]
+    producer.close()
+    damage(tmp_path / "mqtt.db", ids[1], b'{"n":2,"events":[{"seq":2},{"se\xff')
+    consumer = Consumer(tmp_path, "mqtt")
+    taken = consumer.take(100)
+    assert [b.item_id for b in taken] == ids and [b.count for b in taken] == [2, 2, 2]
+    with pytest.raises(UnreadableItem, match="the stored item cannot be decoded"):
+        taken[1].events
+    unreadable = {"item": ids[1], "unreadable": '{"n":2,"events":[{"seq":2},{"se\ufffd'}
+    assert queue.peek(tmp_path, "mqtt") == [{"seq": 0}, {"seq": 1}, unreadable,
+                                           {"seq": 4}, {"seq": 5}]
+    assert consumer.dead_letter_item(ids[1], "moved aside") == 1
+    [letter] = queue.list_dead(tmp_path, "mqtt")
+    assert letter.event == unreadable
+    assert letter.reason.startswith("moved aside (the stored item cannot be decoded: ")
+    consumer.ack([ids[0], ids[2]])
+    assert read_status(tmp_path, "mqtt").ready + read_status(tmp_path, "mqtt").in_flight == 0
+    consumer.close()
+
+
+def test_an_ack_writes_a_few_pages_not_the_data_it_frees(tmp_path):
+    """What lets the writer acknowledge on a full disk: an ack's commit needs a few pages of the
+    write-ahead log, not as many as the items it deletes (SQLite as Debian builds it zeroes every
+    freed page, which wrote 10 MB to the log for 10 MB acknowledged, more than the headroom)."""
+    producer = Producer(tmp_path, "mqtt", 2**30)        # checkpoints every 16 MiB: none here
+    for _ in range(10):
+        producer.append([{"src": "mqtt", "p": "x" * 2000, "n": i} for i in range(500)])
+    consumer = Consumer(tmp_path, "mqtt")
+    taken = consumer.take(10**6)
+    wal = tmp_path / "mqtt.db-wal"
+    conn = sqlite3.connect(tmp_path / "mqtt.db")
+    assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    assert wal.stat().st_size == 0
+    consumer.ack([b.item_id for b in taken])            # about 10 MB of items deleted
+    assert read_status(tmp_path, "mqtt").ready == 0
+    assert wal.stat().st_size < 2 * 2**20, wal.stat().st_size
+    conn.close()
+    consumer.close()
+    producer.close()

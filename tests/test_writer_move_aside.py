@@ -2,12 +2,15 @@
 row; a writer killed while it waits for InfluxDB never counts against an item.
 
 The crash is injected through a test-only hook (tests/support/crash_hook/sitecustomize.py): the
-writer process sends itself SIGSEGV while converting one event, as a crash in a C library would.
+process converting one event sends itself SIGSEGV, as a crash in a C library would: the writer
+itself (``influxdb.converter_process: no``), or its converter process, after which the writer
+exits 1 naming it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -40,9 +43,12 @@ def fill(queue_dir, batches) -> list[int]:
     return ids
 
 
-def test_an_item_that_crashes_the_writer_is_moved_aside_after_3_deaths(influxdb, ingestor):
+@pytest.mark.parametrize("converter_process", ["no", "yes"])
+def test_an_item_that_crashes_the_writer_is_moved_aside_after_3_deaths(influxdb, ingestor,
+                                                                        converter_process):
     influxdb.create_database(DB)
-    ing = ingestor({"influxdb": {"url": influxdb.url, "database": DB, "flush_interval": "100ms"},
+    ing = ingestor({"influxdb": {"url": influxdb.url, "database": DB, "flush_interval": "100ms",
+                                 "converter_process": converter_process},
                     "run": {"restart_backoff_max": "1s"}})
     ids = fill(ing.queue_dir, items(time.time_ns() - 3600 * 10**9))
     supervisor = ing.start("run", log="run", env={"PYTHONPATH": HOOK,
@@ -54,7 +60,12 @@ def test_an_item_that_crashes_the_writer_is_moved_aside_after_3_deaths(influxdb,
     wait_until(drained, 90, "the queue drained past the item")
     assert influxdb.points(DB) == 100                  # the first and the last item
     log = ing.log_path("run").read_text()
-    assert log.count("writer exited with signal SIGSEGV") == 3, tail(ing.log_path("run"))
+    if converter_process == "no":
+        assert log.count("writer exited with signal SIGSEGV") == 3, tail(ing.log_path("run"))
+    else:
+        assert len(re.findall(r"the converter process \(pid \d+\) stopped \(exit code -11\)",
+                              log)) == 3, tail(ing.log_path("run"))
+        assert log.count("writer exited with code 1") == 3, tail(ing.log_path("run"))
     assert f"item {ids[1]} of the mqtt queue killed the writer 3 times in a row" in log
     shown = ing.run("queue", "dead", "--json")
     letters = [json.loads(line) for line in shown.stdout.splitlines()]
@@ -65,9 +76,12 @@ def test_an_item_that_crashes_the_writer_is_moved_aside_after_3_deaths(influxdb,
     assert stop_process(supervisor, timeout=30) == 0
 
 
-def test_writers_killed_while_influxdb_is_down_count_against_no_item(influxdb, ingestor):
+@pytest.mark.parametrize("converter_process", ["no", "yes"])
+def test_writers_killed_while_influxdb_is_down_count_against_no_item(influxdb, ingestor,
+                                                                      converter_process):
     influxdb.create_database(DB)
-    ing = ingestor({"influxdb": {"url": influxdb.url, "database": DB, "flush_interval": "100ms"}})
+    ing = ingestor({"influxdb": {"url": influxdb.url, "database": DB, "flush_interval": "100ms",
+                                 "converter_process": converter_process}})
     fill(ing.queue_dir, items(time.time_ns() - 3600 * 10**9)[::2])     # no poison
     influxdb.stop()
     for _ in range(4):               # more kills than queue.move_aside_after

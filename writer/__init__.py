@@ -23,6 +23,7 @@ def run(config, stop) -> int:
     sink = open_sink(influx)
     loop = WriterLoop(config.queue.dir, sink, Converter(config.schema), stop,
                       batch_size=influx.batch_size, flush_interval=influx.flush_interval,
+                      converter_process={"yes": True, "no": False}.get(influx.converter_process),
                       move_aside_after=config.queue.move_aside_after)
     if config.metrics.enabled:
         metrics.serve(config.metrics.host, config.metrics.ports["writer"], ready=loop.ready)

@@ -11,9 +11,11 @@ letters and ack the queue items. A write has three outcomes:
   for ever with the shared backoff (honouring ``Retry-After``); nothing is dropped.
 
 One event's problem is that event's problem: whatever converting it or encoding its line raises,
-the event becomes a dead letter with the reason and the rest of the batch goes on; an unexpected
-error while writing is bisected down to the line like a rejection. An item that kills the writer
-process itself is moved aside by ``writer.crashguard``. The main loop ticks the heartbeat
+the event becomes a dead letter with the reason and the rest of the batch goes on
+(``writer.conversion``, inline or in a converter process); an unexpected error while writing is
+bisected down to the line like a rejection. An item that kills the writer (or its converter
+process) is moved aside by ``writer.crashguard``; the queue files and a full disk are
+``writer.queues``'. The main loop ticks the heartbeat
 (``/healthz``, ``ha-ingestor run``) on every round and while it waits for InfluxDB.
 """
 
@@ -28,26 +30,21 @@ from pathlib import Path
 
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
-from ha_ingestor.envelope import SOURCES
-from ha_ingestor.errors import PermanentError, TransientError
+from ha_ingestor.errors import DiskFull, PermanentError, Stopping, TransientError
 from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
-from ha_ingestor.queue import Consumer, queue_file
+from writer.conversion import InlineConversion, ProcessConversion, separate_process_helps
 from writer.convert import Converter
 from writer.crashguard import CrashGuard
 from writer.progress import Progress
+from writer.queues import WriterQueues
 from writer.sinks import AccessDenied, Sink, TooLarge
 
 log = logging.getLogger("writer")
 
 IDLE_POLL_S = 0.05          # how often an idle writer looks for new events
-NEW_FILE_CHECK_S = 1.0      # how often it looks for a queue file that did not exist yet
 STATUS_EVERY_S = 5.0        # queue gauges and the replay progress
 WRITE_WAIT_SLICE_S = 1.0    # how often the heartbeat ticks while a write is retried
 ACCESS_BACKOFF = dict(base=5.0, factor=2.0, cap=60.0, jitter=0.2)
-
-
-class Stopping(Exception):
-    """A stop was requested while a batch could not be written; it stays in the queue."""
 
 
 @dataclass
@@ -71,21 +68,25 @@ class Round:
 
 class WriterLoop:
     def __init__(self, queue_dir: Path, sink: Sink, converter: Converter, stop: StopFlag,
-                 batch_size: int, flush_interval: float, move_aside_after: int = 3):
-        self.queue_dir = Path(queue_dir)
+                 batch_size: int, flush_interval: float, move_aside_after: int = 3,
+                 converter_process: bool | None = None):
+        self.guard = CrashGuard(move_aside_after)
+        self.queues = WriterQueues(queue_dir, stop, self.guard.opened)   # exit 4: another writer
         self.sink = sink
         self.converter = converter
         self.stop = stop
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.consumers: dict[str, Consumer] = {}
-        self.guard = CrashGuard(move_aside_after)
+        self.consumers = self.queues.consumers
+        self.converter_process = (separate_process_helps() if converter_process is None
+                                  else converter_process)
+        self.conversion: InlineConversion | ProcessConversion = InlineConversion(converter,
+                                                                                 self._mark)
         self.backoff = Backoff(base=0.5, factor=2.0, cap=10.0)   # an outage ends: resume soon
         self.access_backoff = Backoff(**ACCESS_BACKOFF)
         self.influx_ok = False
         self.queue_ok = True
         self._next_source = 0
-        self._checked_files_at = 0.0
         self._status_at = 0.0
         self.progress = Progress()
         self._failing_since: float | None = None
@@ -95,7 +96,7 @@ class WriterLoop:
     # ---- life cycle -----------------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return self.influx_ok and self.queue_ok
+        return self.influx_ok and self.queue_ok and not self.queues.disk_full
 
     def run(self) -> None:
         """Until a stop is requested: take and convert a batch while the previous one is being
@@ -106,16 +107,20 @@ class WriterLoop:
         metrics.CONNECTED.labels(component="writer").set(1 if self.influx_ok else 0)
         pending: tuple[Round, Future | None] | None = None
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-write")
+        if self.converter_process:
+            self.conversion = ProcessConversion(self.converter.schema, self._mark)
         try:
             while not self.stop.is_set():
                 HEARTBEAT.tick()
-                self._open_new_files()
+                self.queues.open_new_files()
                 self._report_status()
                 batch = self._take_round()
-                self.guard.converted()
+                self._converted()                   # inline: converted while taken
                 if pending is not None:
-                    self._complete(*pending)
+                    self._complete(*pending)        # meanwhile a converter process converts
                     pending = None
+                self.conversion.finish(batch)
+                self._converted()
                 if batch.events == 0:
                     self._ping_when_idle()
                     self.stop.wait(IDLE_POLL_S)
@@ -130,24 +135,12 @@ class WriterLoop:
             self.close()
 
     def close(self) -> None:
-        for consumer in self.consumers.values():
-            consumer.close()
-        self.consumers.clear()
+        self.conversion.close()
+        self.queues.close()
         self.sink.close()
         self.progress.close()
 
     # ---- taking events --------------------------------------------------------------------------
-
-    def _open_new_files(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._checked_files_at < NEW_FILE_CHECK_S:
-            return
-        self._checked_files_at = now
-        for source in SOURCES:
-            if source not in self.consumers and queue_file(self.queue_dir, source).exists():
-                consumer = self.consumers[source] = Consumer(self.queue_dir, source)
-                log.info("reading queue %s", queue_file(self.queue_dir, source))
-                self.guard.opened(source, consumer)
 
     def _take_round(self) -> Round:
         """Up to batch_size events, fairly across sources; waits up to flush_interval for more
@@ -155,7 +148,10 @@ class WriterLoop:
         batch = Round()
         deadline = time.monotonic() + self.flush_interval
         while True:
-            took = self._take_fair(batch)
+            try:
+                took = self._take_fair(batch)
+            except Stopping:                   # the disk is full and a stop was requested
+                break
             if batch.events >= self.batch_size or self.stop.is_set():
                 break
             remaining = deadline - time.monotonic()
@@ -182,35 +178,39 @@ class WriterLoop:
         return took
 
     def _take_share(self, batch: Round, source: str, share: int) -> bool:
-        """Items from one source until ``share`` events, one item at a time, each converted and
-        let go before the next is read (memory: one item of decoded events)."""
+        """Items from one source until ``share`` events, one item at a time, each handed to the
+        conversion and let go before the next is read (memory: one item of decoded events)."""
         consumer, taken = self.consumers[source], 0
         while taken < share:
-            items = consumer.take(1)
+            items = self.queues.call(source, "take", lambda: consumer.take(1))
             if not items:
                 break
             item = items[0]
-            if not self.guard.before(source, consumer, item.item_id):
+            deaths = self.queues.call(source, "move aside", lambda: self.guard.check(
+                source, consumer, item.item_id))
+            if deaths is None:
                 continue
             batch.taken.setdefault(source, []).append(item.item_id)
-            batch.counts[source] = batch.counts.get(source, 0) + len(item.events)
-            batch.events += len(item.events)
-            taken += len(item.events)
-            self._convert(batch, source, item.item_id, item.events)
+            batch.counts[source] = batch.counts.get(source, 0) + item.count
+            batch.events += item.count
+            taken += item.count
+            self.conversion.add(batch, source, item, deaths)
             del items, item
         return taken > 0
 
-    def _convert(self, batch: Round, source: str, item_id: int, events: list[dict]) -> None:
-        """Each event to its UTF-8 line; an event that cannot become one is a dead letter."""
-        encode = self.converter.encode
-        lines, owners = batch.lines, batch.owners
-        for index, event in enumerate(events):
-            data, reason, kind = encode(event)
-            if reason is not None:
-                batch.add_dead(source, event, reason, kind)
-            elif data is not None:
-                lines.append(data)
-                owners.append((source, item_id, index))
+    def _mark(self, source: str, item_id: int, deaths: int) -> None:
+        """The item is being converted (``writer.crashguard``). On a full disk the record is
+        skipped: the writer is waiting for space on its takes and acks anyway."""
+        try:
+            self.guard.mark(source, self.consumers[source], item_id, deaths)
+        except DiskFull:
+            pass
+
+    def _converted(self) -> None:
+        try:
+            self.guard.converted()
+        except DiskFull:                    # cleared at the next round
+            pass
 
     # ---- writing --------------------------------------------------------------------------------
 
@@ -220,13 +220,24 @@ class WriterLoop:
         try:
             rejected = self._wait_for(future) if future is not None else []
         except Stopping:
-            for source, item_ids in batch.taken.items():
-                self.consumers[source].nack(item_ids)
+            self._give_back(batch)
             log.warning("stopping with %d events not written; they stay in the queue",
                         batch.events)
             return
-        self._dead_letter_rejected(batch, rejected)
-        self._finish(batch, len(batch.lines) - len(rejected))
+        try:
+            self._dead_letter_rejected(batch, rejected)
+            self._finish(batch, len(batch.lines) - len(rejected))
+        except Stopping:
+            log.warning("stopping with %d events written but not acknowledged (the disk is "
+                        "full): they are written again after a restart, as identical points",
+                        batch.events)
+
+    def _give_back(self, batch: Round) -> None:
+        try:
+            for source, item_ids in batch.taken.items():
+                self.consumers[source].nack(item_ids)
+        except DiskFull:      # still in flight: ready again when the writer opens the file
+            pass
 
     def _wait_for(self, future: Future) -> list[tuple[int, str]]:
         """The write's result; queue gauges stay fresh and the heartbeat ticks while InfluxDB
@@ -239,13 +250,21 @@ class WriterLoop:
                 self._report_status()
 
     def _dead_letter_rejected(self, batch: Round, rejected: list[tuple[int, str]]) -> None:
-        items: dict[tuple[str, int], list[dict]] = {}
+        items: dict[tuple[str, int], list[dict] | None] = {}
         for index, reason in rejected:
             source, item_id, position = batch.owners[index]
             if (source, item_id) not in items:
-                items[(source, item_id)] = self.consumers[source].events_of(item_id)
-            batch.add_dead(source, items[(source, item_id)][position],
-                           f"rejected by InfluxDB: {reason}", "rejected")
+                consumer = self.consumers[source]
+                items[(source, item_id)] = events = self.queues.call(
+                    source, "re-read", lambda: consumer.events_of(item_id))
+                if events is None:
+                    log.warning("item %d of the %s queue was removed while being written "
+                                "(queue purge?): its lines InfluxDB rejected are not kept as "
+                                "dead letters", item_id, source)
+            events = items[(source, item_id)]
+            if events is not None:
+                batch.add_dead(source, events[position], f"rejected by InfluxDB: {reason}",
+                               "rejected")
 
     def _finish(self, batch: Round, points: int) -> None:
         for source, item_ids in batch.taken.items():
@@ -256,7 +275,7 @@ class WriterLoop:
                     metrics.DEAD_LETTERS.labels(source=source, reason=kind).inc()
                 log.warning("%d %s events moved to the dead-letter store, first: %s",
                             len(dead), source, dead[0][1][:300])
-            consumer.ack(item_ids, dead)
+            self.queues.call(source, "acknowledge", lambda: consumer.ack(item_ids, dead))
             metrics.EVENTS_WRITTEN.labels(source=source).inc(batch.counts.get(source, 0))
         metrics.POINTS_WRITTEN.inc(points)
 

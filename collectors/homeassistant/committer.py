@@ -312,7 +312,11 @@ class Committer:
         if self._marks.newest:
             meta[WATERMARK_KEY] = self._marks.newest
         meta[ENTITY_MARKS_KEY] = json.dumps(self._marks.entities, separators=(",", ":"))
-        for key, value in meta.items():
-            self._producer.set_meta(key, value)
+        try:
+            for key, value in meta.items():
+                self._producer.set_meta(key, value)
+        except QueueFull as exc:     # the next batch carries them; until then the older marks
+            log.warning("watermarks not written yet (%s); they go with the next batch", exc)
+            return
         self._persisted = self._marks.copy()
         self._marks_written_at = time.monotonic()

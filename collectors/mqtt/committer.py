@@ -22,8 +22,9 @@ from collections import deque
 from typing import Callable
 
 from ha_ingestor import metrics
+from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import MQTT, mqtt_event, mqtt_payload
-from ha_ingestor.errors import QueueFull
+from ha_ingestor.errors import DiskFull, QueueFull
 from ha_ingestor.queue import Producer
 from ha_ingestor.topicfilter import TopicSet
 
@@ -71,6 +72,7 @@ class Committer:
         self._saves: deque = deque()          # (key, value, done event) to write
         self._meta_written = True             # clear a stale value once if we do not trust it
         self._abort = threading.Event()
+        self._disk_backoff = Backoff(base=0.5, factor=2.0, cap=5.0)    # a refused write
         self._thread = threading.Thread(target=self._main, name="mqtt-committer", daemon=True)
         self._committed = metrics.EVENTS_COMMITTED.labels(source=MQTT)
         self._batches = metrics.BATCHES_COMMITTED.labels(source=MQTT)
@@ -245,6 +247,7 @@ class Committer:
             try:
                 meta = self._meta(fingerprints)
                 producer.append(events, meta={**(meta or {}), **pending.meta()})
+                self._disk_backoff.reset()
                 if meta is not None:
                     self._meta_written = bool(meta[redelivery.META_KEY])
                 self.retained.committed(pending)
@@ -302,10 +305,15 @@ class Committer:
             log.warning("queue full (%s): holding %d message(s), not acknowledging; the broker "
                         "keeps the rest until the writer frees space", exc, len(items))
             self.wake()
-        while producer.is_full():
-            if self._abort.wait(FULL_POLL_S):
-                self.abandoned += sum(1 for item in items if not qos_of(item))
-                return None
+        if isinstance(exc, DiskFull):
+            metrics.QUEUE_DISK_FULL.labels(source=MQTT, operation="append").inc()
+        # a write the disk refused while the file is below its limits: back off, do not spin
+        delay = FULL_POLL_S if producer.is_full() else self._disk_backoff.next_delay()
+        while not self._abort.wait(delay) and producer.is_full():
+            delay = FULL_POLL_S
+        if self._abort.is_set():
+            self.abandoned += sum(1 for item in items if not qos_of(item))
+            return None
         if self.inbox.stale(generation):
             items = [item for item in items if not qos_of(item)]
         return items

@@ -17,7 +17,7 @@ from ha_ingestor.config import values as v
 from ha_ingestor.errors import ConfigError
 
 COMPONENTS = ("mqtt", "ha", "writer")
-MIN_QUEUE_BYTES = 2 * 2**20      # an empty queue file alone holds about 600 kB of 64 KiB pages
+MIN_QUEUE_BYTES = 2 * 2**20      # the write-ahead log alone is counted at 1 MiB (ha_ingestor/queue)
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class InfluxConfig:
     flush_interval: float
     timeout: float
     gzip: bool
+    converter_process: str
     tls: TlsConfig
 
 
@@ -237,8 +238,8 @@ QUEUE_KEYS = [
     Key("batch_interval", _duration_min(0.001), "50ms",
         "...or this long after the batch's first event, whichever comes first."),
     Key("move_aside_after", _between(1, 1000), 3, "The writer moves a queue item to the "
-        "dead-letter store (logged as an error) once the writer process died this many times "
-        "in a row while converting that item, so one item can never hold up the queue. "
+        "dead-letter store (logged as an error) once the writer process (or its converter "
+        "process) died this many times in a row while converting that item, so one item can never hold up the queue. "
         "`ha-ingestor queue dead-letter-item` does the same by hand."),
 ]
 
@@ -308,6 +309,12 @@ INFLUX_KEYS = [
     Key("flush_interval", _duration_min(0.001), "1s", "Write a partial batch after this long."),
     Key("timeout", _duration_min(0.1), "10s", "Timeout of one write request."),
     Key("gzip", v.as_bool, True, "Compress write requests."),
+    Key("converter_process", _choice("auto", "yes", "no"), "no", "Convert events to "
+        "line protocol in a process of its own beside the writer (`yes`; about 40 MB more "
+        "memory). On two cores shared with InfluxDB it drained no faster than converting in the "
+        "writer itself (docs/benchmarks.md), so it is off by default; it can help where InfluxDB "
+        "runs elsewhere and the writer has two CPUs. `auto`: when the writer may run on more "
+        "than one CPU."),
 ]
 
 METRICS_KEYS = [

@@ -2,10 +2,12 @@
 
     python -m tests.support.queue_worker produce DIR BATCHES BATCH_SIZE [--seconds S] [--rate R]
     python -m tests.support.queue_worker consume DIR OUT_FILE [--hold] [--seconds S]
+    python -m tests.support.queue_worker requeue DIR
 
 The producer writes events ``{"seq": N, "batch": B, ...}`` and prints ``committed B`` (flushed)
 after each append returned. The consumer appends every taken event's seq to OUT_FILE and prints
-``took <item ids>`` before acking; with ``--hold`` it takes once and never acks.
+``took <item ids>`` before acking; with ``--hold`` it takes once and never acks. ``requeue``
+prints ``requeueing`` and puts every dead letter back (``queue requeue-dead``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 
-from ha_ingestor.queue import Consumer, Producer
+from ha_ingestor.queue import Consumer, Producer, requeue_dead
 
 SOURCE = "mqtt"
 PAD = "x" * 200
@@ -66,6 +68,9 @@ def main(argv: list[str]) -> None:
     rate = float(argv[argv.index("--rate") + 1]) if "--rate" in argv else None
     if argv[0] == "produce":
         produce(argv[1], int(argv[2]), int(argv[3]), seconds, rate)
+    elif argv[0] == "requeue":
+        print("requeueing", flush=True)
+        print(f"requeued {requeue_dead(argv[1], SOURCE)}", flush=True)
     else:
         consume(argv[1], argv[2], "--hold" in argv, seconds)
 
