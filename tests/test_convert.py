@@ -51,10 +51,13 @@ def predicted(config: Path, envelopes: list[dict]) -> tuple[list[str], list[str]
     return lines, dead
 
 
-def written(ingestor, influxdb, source: str, envelopes: list[dict], name: str):
+def written(ingestor, influxdb, source: str, envelopes: list[dict], name: str,
+            converter_process: str = "no"):
     """The events through the queue and `ha-ingestor write`: (the harness, dead letters)."""
     ing = ingestor({"influxdb": {"url": influxdb.url, "database": f"{name}_writer",
-                                 "flush_interval": "100ms"}, "schema": SCHEMA}, name=name)
+                                 "flush_interval": "100ms",
+                                 "converter_process": converter_process},
+                    "schema": SCHEMA}, name=name)
     influxdb.create_database(f"{name}_writer")
     producer = Producer(ing.queue_dir, source, max_bytes=2**30)
     producer.append(envelopes)
@@ -81,8 +84,9 @@ def assert_same_points(influxdb, a: str, b: str) -> None:
         assert influxdb.query(query, a) == influxdb.query(query, b), measurement
 
 
-def check(ingestor, influxdb, source: str, envelopes: list[dict], name: str) -> None:
-    ing, dead = written(ingestor, influxdb, source, envelopes, name)
+def check(ingestor, influxdb, source: str, envelopes: list[dict], name: str,
+          converter_process: str = "no") -> None:
+    ing, dead = written(ingestor, influxdb, source, envelopes, name, converter_process)
     lines, reasons = predicted(ing.config_path, envelopes)
     influxdb.create_database(f"{name}_convert")
     if lines:
@@ -114,10 +118,14 @@ def sample_envelopes() -> tuple[list[dict], list[dict]]:
     return ha, mqtt
 
 
+@pytest.mark.parametrize("converter_process", ["no", "yes"])
 @pytest.mark.parametrize("source", ["ha", "mqtt"])
-def test_convert_prints_what_the_writer_writes_for_real_events(ingestor, influxdb, source):
+def test_convert_prints_what_the_writer_writes_for_real_events(ingestor, influxdb, source,
+                                                               converter_process):
+    """Both ways the writer converts: in its own thread, and in a converter process."""
     ha, mqtt = sample_envelopes()
-    check(ingestor, influxdb, source, ha if source == "ha" else mqtt, f"samples_{source}")
+    check(ingestor, influxdb, source, ha if source == "ha" else mqtt,
+          f"samples_{source}_{converter_process}", converter_process)
 
 
 def test_queue_peek_lines_are_convert_lines(ingestor):
