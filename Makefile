@@ -9,13 +9,14 @@ PYTEST_ARGS ?=
 
 FUZZ_EXAMPLES ?= 50000
 
-.PHONY: help system-deps venv ha-venvs test images addon demo chaos fuzz catchup fleet bench clean
+.PHONY: help system-deps venv ha-venvs test images addon demo dashboards chaos fuzz catchup fleet bench clean
 
 help:
 	@echo "make demo    - whole pipeline against local Mosquitto, InfluxDB and Home Assistant"
 	@echo "make test    - the test suite (installs what is missing)"
 	@echo "make images  - build and run the product and add-on images with podman (root)"
 	@echo "make addon   - put the ha-ingestor wheel into the add-on folder, to install it locally"
+	@echo "make dashboards - pictures of the InfluxDB Grafana dashboards for docs/, from a real run"
 	@echo "make chaos   - the full chaos run (faults, ledger vs InfluxDB)"
 	@echo "make fuzz    - the property-based suites at length (50 000 examples a boundary, random seed)"
 	@echo "make catchup - the HA catch-up tests at full length (4-minute collector outages)"
@@ -53,6 +54,10 @@ addon: venv
 
 demo: system-deps venv
 	$(PY) scripts/demo.py $(ARGS)
+
+dashboards: system-deps venv
+	$(PIP) install --quiet -e '.[docs]'
+	$(PY) scripts/render_dashboards.py $(ARGS)
 
 chaos: system-deps venv
 	$(PY) -m tests.chaos --profile full $(ARGS)

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import yaml
 
-from ha_ingestor import __version__, queue
+from ha_ingestor import __version__, cli_convert, metrics, metrics_influx, queue, statusview
 from ha_ingestor.config import default_config_path, load_config, load_queue_config, redacted
 from ha_ingestor.envelope import QUEUES, describe
 from ha_ingestor.errors import (EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, ConfigError, IngestorError,
@@ -27,6 +27,7 @@ log = logging.getLogger("ha_ingestor")
 
 ENTRY_POINTS = {"mqtt": "collectors.mqtt", "ha": "collectors.homeassistant", "writer": "writer",
                 "central": "writer.fleet.central"}
+COMPLETE_VAR = "_HA_INGESTOR_COMPLETE"
 EXIT_HELP = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
 
 
@@ -64,7 +65,7 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str, log_format
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False, prog_name="ha-ingestor")
+        cli.main(standalone_mode=False, prog_name="ha-ingestor", complete_var=COMPLETE_VAR)
     except click.exceptions.Abort:
         sys.exit(1)
     except click.ClickException as exc:
@@ -80,10 +81,12 @@ def main() -> None:
 def _run_component(ctx: Context, name: str) -> None:
     setup_logging(ctx.log_level, ctx.log_format, name)
     config = ctx.config
+    metrics.set_build_info(name)
     stop = StopFlag().install()
     die_with_parent(stop)
     HEARTBEAT.timeout = config.run.stall_timeout
     HEARTBEAT.report_to_supervisor()
+    exporter = metrics_influx.start(config, name)
     try:
         module = importlib.import_module(ENTRY_POINTS[name])
         code = module.run(config, stop)
@@ -93,6 +96,8 @@ def _run_component(ctx: Context, name: str) -> None:
     except Exception:  # a bug: log it whole and exit non-zero so the supervisor restarts us
         log.exception("%s stopped on an unexpected error", name)
         code = EXIT_FAILURE
+    if exporter is not None:
+        exporter.close()
     sys.exit(code)
 
 
@@ -131,10 +136,15 @@ def run(ctx: Context) -> None:
     """Run every enabled component as its own child process under one supervisor."""
     setup_logging(ctx.log_level, ctx.log_format, "run")
     config = ctx.config
+    metrics.set_build_info("run")
     stop = StopFlag().install()
     HEARTBEAT.timeout = config.run.stall_timeout
     from ha_ingestor import supervisor
-    sys.exit(supervisor.run(config, stop, child_argv(ctx, config.enabled_components())))
+    exporter = metrics_influx.start(config, "run")
+    code = supervisor.run(config, stop, child_argv(ctx, config.enabled_components()))
+    if exporter is not None:
+        exporter.close()
+    sys.exit(code)
 
 
 def child_argv(ctx: Context, components: list[str]) -> dict[str, list[str]]:
@@ -147,6 +157,17 @@ def child_argv(ctx: Context, components: list[str]) -> dict[str, list[str]]:
     return {name: base + tail[name] for name in components}
 
 
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL. Bash: add
+    ``eval "$(ha-ingestor completion bash)"`` to ~/.bashrc (zsh: ~/.zshrc; fish:
+    ``ha-ingestor completion fish > ~/.config/fish/completions/ha-ingestor.fish``)."""
+    from click.shell_completion import get_completion_class
+    script = get_completion_class(shell)(cli, {}, "ha-ingestor", COMPLETE_VAR).source()
+    click.echo(script)
+
+
 # ---- config -------------------------------------------------------------------------------
 
 @cli.group("config")
@@ -155,12 +176,50 @@ def config_group() -> None:
 
 
 @config_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--connect", is_flag=True, help="Also connect to the MQTT broker, Home Assistant "
+              "and InfluxDB with the configured credentials (exit 3 if any refuses them or "
+              "lacks the database/bucket, 1 if any cannot be reached).")
 @click.pass_obj
-def config_check(ctx: Context) -> None:
-    """Validate the configuration; exit 2 with the offending key if it is invalid."""
-    config = ctx.config
+def config_check(ctx: Context, file: str | None, connect: bool) -> None:
+    """Validate the configuration (or FILE; ``-`` reads it from standard input); exit 2 with the
+    offending key if it is invalid."""
+    config = _config_from(ctx, file)
     where = config.source or "defaults and environment (no config file)"
     click.echo(f"config OK: {where}; components: {', '.join(config.enabled_components())}")
+    if connect:
+        sys.exit(_check_connections(config))
+
+
+def _check_connections(config) -> int:
+    from ha_ingestor import connectcheck
+    outcomes = []
+    for target in connectcheck.targets(config):
+        outcome = connectcheck.check(config, target)
+        outcomes.append(outcome)
+        click.echo(f"{target:<14} {outcome.label:<8} {outcome.message}")
+    return connectcheck.exit_code(outcomes)
+
+
+def _config_from(ctx: Context, file: str | None):
+    if file == "-":
+        return load_config(None, text=click.get_text_stream("stdin").read())
+    return load_config(Path(file)) if file else ctx.config
+
+
+@config_group.command("import-ha")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--secrets", "secrets", type=click.Choice(["env", "files"]), default="env",
+              show_default=True, help="Print passwords and tokens as ${VAR} references (env) "
+              "or as *_file paths under /run/secrets (files).")
+def config_import_ha(path: Path, secrets: str) -> None:
+    """Print an HA Ingestor config equivalent to the influxdb: block of Home Assistant's
+    PATH/configuration.yaml (includes, !secret, !env_var and packages followed as Home
+    Assistant follows them). Secrets are printed as references, never their values."""
+    import os
+
+    from ha_ingestor.haimport import import_ha
+    click.echo(import_ha(path, os.environ, files=secrets == "files"))
 
 
 @config_group.command("show")
@@ -270,64 +329,52 @@ def queue_group() -> None:
 
 @queue_group.command("status")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object for monitoring scripts.")
+@click.option("--watch", type=click.FloatRange(0.2), is_flag=False, flag_value=2.0,
+              default=None, help="Refresh every N seconds (default 2) with each queue's drain "
+              "rate and the time until it is empty; Ctrl-C stops.")
+@click.option("--count", type=click.IntRange(1), default=None,
+              help="With --watch: stop after this many refreshes.")
 @queue_dir_option
 @click.pass_obj
-def queue_status(ctx: Context, as_json: bool, queue_dir: Path | None) -> None:
-    """Per queue: events ready, in flight, dead letters, oldest event age, bytes on disk."""
+def queue_status(ctx: Context, as_json: bool, watch: float | None, count: int | None,
+                 queue_dir: Path | None) -> None:
+    """Per queue: events ready, in flight, dead letters, oldest event age, bytes on disk.
+    Needs only the queue: section of the config and read access to queue.dir."""
     qdir = _queue_dir(ctx, queue_dir)
-    statuses = {source: queue.read_status(qdir, source) for source in QUEUES}
-    empty = queue.QueueStatus(0, 0, 0, None, 0)
+
+    def read() -> dict:
+        return {source: queue.read_status(qdir, source) for source in QUEUES}
+
     if as_json:
-        click.echo(json.dumps({"queues": {s: (st or empty).as_dict()
-                                          for s, st in statuses.items()}}))
-        return
-    if not qdir.exists():
-        click.echo(f"queue directory {qdir} does not exist yet (no collector has run): "
-                   f"nothing queued")
-        return
-    click.echo(f"queue directory {qdir}")
-    click.echo(f"{'queue':<6} {'ready':>10} {'in flight':>10} {'dead':>8} {'oldest':>10} "
-               f"{'on disk':>10}")
-    for source, st in statuses.items():
-        if st is None:
-            click.echo(f"{source:<6} {'(no queue file yet)':>30}")
-            continue
-        click.echo(f"{source:<6} {st.ready:>10} {st.in_flight:>10} {st.dead:>8} "
-                   f"{_age(st.oldest_age_s):>10} {_size(st.bytes):>10}")
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, width in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= width:
-            return f"{seconds / width:.1f}{unit}"
-    return f"{seconds:.1f}s"
-
-
-def _size(count: int) -> str:
-    for unit, width in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= width:
-            return f"{count / width:.1f}{unit}"
-    return f"{count}B"
+        click.echo(statusview.as_json(read(), queue.QueueStatus(0, 0, 0, None, 0)))
+    elif watch is not None:
+        statusview.watch(qdir, read, watch, count, clear=sys.stdout.isatty())
+    else:
+        click.echo(statusview.table(qdir, read()))
 
 
 @queue_group.command("peek")
 @source_option
 @click.option("-n", "--limit", default=10, show_default=True, type=click.IntRange(1, 100000))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole envelopes as JSON lines.")
+@click.option("--lines", is_flag=True, help="Under each event, the line protocol the writer "
+              "will send for it (or why it will be a dead letter), as `convert` prints it.")
 @queue_dir_option
 @click.pass_obj
-def queue_peek(ctx: Context, source: str | None, limit: int, as_json: bool,
+def queue_peek(ctx: Context, source: str | None, limit: int, as_json: bool, lines: bool,
                queue_dir: Path | None) -> None:
     """Show the oldest queued events without taking them."""
     qdir = _queue_dir(ctx, queue_dir)
+    converter = cli_convert.converter_for(ctx.config_path) if lines else None
     for src in _sources(source):
         events = queue.peek(qdir, src, limit)
         if not as_json:
             click.echo(f"{src}: {len(events)} oldest event(s)")
         for event in events:
-            click.echo(json.dumps(event) if as_json else f"  {_stamp(event)} {describe(event)}")
+            click.echo(json.dumps(event) if as_json else
+                       cli_convert.printable(f"  {_stamp(event)} {describe(event)}"))
+            if converter is not None:
+                click.echo(f"    {cli_convert.outcome_text(converter, event)[0]}")
 
 
 def _stamp(event: dict) -> str:
@@ -408,6 +455,9 @@ def queue_purge(ctx: Context, source: str | None, dead: bool, yes: bool,
     qdir = _queue_dir(ctx, queue_dir)
     for src in _sources(source):
         click.echo(f"{src}: deleted {queue.purge(qdir, src, dead)} event(s)")
+
+
+cli.add_command(cli_convert.convert)
 
 
 def _add_import_commands() -> None:

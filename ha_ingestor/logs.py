@@ -13,13 +13,18 @@ FORMATS = ("text", "json")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+    """One JSON object per line: time, level, component (the process: ``mqtt``, ``ha``,
+    ``writer``, ``run``), logger, message (and the exception, if any)."""
+
+    def __init__(self, component: str | None = None):
+        super().__init__()
+        self.component = component
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
                  + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname.lower(), "logger": record.name,
-                 "message": record.getMessage()}
+                 "level": record.levelname.lower(), "component": self.component,
+                 "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -28,7 +33,7 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "info", fmt: str = "text", component: str | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(component))
     else:
         prefix = f"[{component}] " if component else ""
         handler.setFormatter(logging.Formatter(

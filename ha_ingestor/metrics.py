@@ -11,12 +11,14 @@ whether it can do its job now (connected, queue writable).
 from __future__ import annotations
 
 import logging
+import platform
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from ha_ingestor import __version__
 from ha_ingestor.lifecycle import HEARTBEAT
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,11 @@ ITEMS_MOVED_ASIDE = Counter("ha_ingestor_items_moved_aside_total",
                             "Queue items moved to the dead-letter store after they crashed the "
                             "writer queue.move_aside_after times in a row", ["source"])
 
+# Every process
+BUILD_INFO = Gauge("ha_ingestor_build_info",
+                   "Always 1; the labels name the release and Python this process runs",
+                   ["version", "python", "component"])
+
 # Supervisor (ha-ingestor run)
 CHILD_UP = Gauge("ha_ingestor_child_up", "1 while the supervised component's process runs",
                  ["component"])
@@ -94,6 +101,11 @@ CHILD_RESTARTS = Counter("ha_ingestor_child_restarts_total",
 CHILD_STALLS = Counter("ha_ingestor_child_stalls_total",
                        "Times the supervisor killed a component whose main loop stopped ticking "
                        "for run.stall_timeout", ["component"])
+
+
+def set_build_info(component: str) -> None:
+    BUILD_INFO.labels(version=__version__, python=platform.python_version(),
+                      component=component).set(1)
 
 
 # Counters by name, for counts a helper process (the writer's converter) makes on a process's

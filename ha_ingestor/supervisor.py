@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import metrics as prom
+from . import metrics_influx
 from .backoff import Backoff
 from .errors import (EXIT_AUTH, EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, EXIT_KILLED, EXIT_OK)
 from .lifecycle import HEARTBEAT_FD_ENV, PARENT_PID_ENV, StopFlag
@@ -325,7 +326,8 @@ def _drop_component_metrics() -> None:
     metrics)."""
     from prometheus_client import REGISTRY
     from prometheus_client.metrics import MetricWrapperBase
-    ours = (prom.CHILD_UP, prom.CHILD_RESTARTS, prom.CHILD_STALLS)
+    ours = (prom.CHILD_UP, prom.CHILD_RESTARTS, prom.CHILD_STALLS, prom.BUILD_INFO,
+            metrics_influx.DROPPED, metrics_influx.EXPORTED)
     for metric in vars(prom).values():
         if isinstance(metric, MetricWrapperBase) and metric not in ours:
             REGISTRY.unregister(metric)

@@ -254,7 +254,8 @@ def free_port() -> int:
     return _free_port()
 
 
-def write_config(workdir: Path, mosquitto, influx, ha: HomeAssistant) -> tuple[Path, dict]:
+def write_config(workdir: Path, mosquitto, influx, ha: HomeAssistant,
+                 metrics_influxdb: dict | None = None) -> tuple[Path, dict]:
     ports = {"run": free_port(), "mqtt": free_port(), "ha": free_port(), "writer": free_port()}
     config = {
         "queue": {"dir": str(workdir / "queue")},
@@ -264,7 +265,8 @@ def write_config(workdir: Path, mosquitto, influx, ha: HomeAssistant) -> tuple[P
         "influxdb": {"api": "v1", "url": influx.url, "database": DATABASE,
                      "flush_interval": "500ms"},
         "schema": {"mqtt": {"presets": ["zigbee2mqtt", "tasmota"]}},
-        "metrics": {"host": "127.0.0.1", "ports": ports},
+        "metrics": {"host": "127.0.0.1", "ports": ports,
+                    "influxdb": metrics_influxdb or {"enabled": False}},
         "run": {"shutdown_timeout": "20s"},
     }
     path = workdir / "ha-ingestor.yaml"

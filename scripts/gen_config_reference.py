@@ -30,8 +30,9 @@ HEADER = """\
 HA Ingestor reads one YAML file: `--config PATH`, else `$HA_INGESTOR_CONFIG`, else
 `./ha-ingestor.yaml` (without any file, the defaults below and the environment apply).
 An annotated example is [deploy/ha-ingestor.example.yaml](../deploy/ha-ingestor.example.yaml).
-`ha-ingestor config check` validates a file; `ha-ingestor config show` prints the effective
-configuration with secrets as `***`.
+`ha-ingestor config check` validates a file (`config check -` reads it from standard input);
+`ha-ingestor config show` prints the effective configuration with secrets as `***`, itself a
+valid config file (`ha-ingestor config show | ha-ingestor config check -`).
 
 ## Values
 
@@ -40,15 +41,26 @@ configuration with secrets as `***`.
 - **Sizes**: a number of bytes or `"500MB"`, `"2GiB"` (KB/MB/GB/TB are powers of 1000,
   KiB/MiB/GiB/TiB powers of 1024).
 - **`${NAME}`** anywhere in a string is replaced by the environment variable `NAME`;
-  `${NAME:-default}` when it may be unset. An unset variable without a default is an error that
-  names the key.
+  `${NAME:-default}` uses the default when `NAME` is unset or empty (as shells and compose files
+  do). An unset variable without a default is an error that names the key.
+- **`!secret name`** and **`!env_var NAME [default]`**, as in Home Assistant's own YAML: a
+  `!secret` is read from `secrets.yaml` beside the config file; `!env_var` takes the variable,
+  or the default words when it is unset. Only the sections a command needs are resolved: the
+  `queue` commands need only `queue:`.
 - **Secrets from files**: any `password` or `token` key can be given as `password_file:` /
   `token_file:` instead; the file's content (whitespace stripped) is used. This is how Docker and
-  Kubernetes secrets are mounted.
+  Kubernetes secrets are mounted. A secret is never shown: not by `config show` (`***`), not in
+  an error message.
 - **Environment overrides**: every key can be set with `HA_INGESTOR_<SECTION>__<KEY>` (double
-  underscore between levels), which wins over the file. Values are read as YAML:
-  `HA_INGESTOR_MQTT__PORT=1884`, `HA_INGESTOR_MQTT__TOPICS='["zigbee2mqtt/#", "tasmota/#"]'`,
-  `HA_INGESTOR_INFLUXDB__TLS__VERIFY=false`.
+  underscore between levels), which wins over the file. The value is taken as text, verbatim
+  (`HA_INGESTOR_MQTT__PASSWORD=0755` is the password `0755`); numbers, booleans, durations and
+  sizes are read from that text by the key itself (`HA_INGESTOR_MQTT__PORT=1884`,
+  `HA_INGESTOR_INFLUXDB__TLS__VERIFY=false`), and list or mapping keys take a YAML flow list or
+  mapping (`HA_INGESTOR_MQTT__TOPICS='["zigbee2mqtt/#", "tasmota/#"]'`) or a single item.
+- **Refused**: credentials inside a URL (`http://user:pw@host`: use the username/password or
+  token keys), `tls` settings beside an `http://` or `ws://` URL (the connection would not be
+  encrypted: use `https://` or `wss://`), YAML aliases that expand to more than 100 000 values or
+  refer to themselves, topic filters that break MQTT's rules (`a/#/b`, `a+`).
 - Unknown sections and keys are errors: a typo is reported, not ignored.
 
 A bad value stops the process with exit code 2 and a message naming the key and the value, for

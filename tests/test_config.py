@@ -76,7 +76,7 @@ def test_env_override_and_substitution(tmp_path):
 def test_env_override_is_validated_like_the_file(tmp_path):
     result = cli(tmp_path, VALID, "config", "check", env={"HA_INGESTOR_MQTT__QOS": "7"})
     assert result.returncode == 2
-    assert "mqtt.qos must be 0, 1 or 2, got 7" in result.stderr
+    assert "mqtt.qos must be 0, 1 or 2, got '7'" in result.stderr
 
 
 def test_secret_files_are_read_and_never_shown(tmp_path):

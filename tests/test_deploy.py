@@ -19,6 +19,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from ha_ingestor import metrics  # noqa: F401  (registers every metric)
+from ha_ingestor import metrics_influx  # noqa: F401  (and those of metrics.influxdb)
 from ha_ingestor.config import load_config
 from ha_ingestor.config.model import METRICS_PORTS
 from ha_ingestor.errors import EXIT_AUTH, EXIT_CONFIG
@@ -118,11 +119,14 @@ def documented_commands() -> dict[str, set[str]]:
 
 
 def click_command(words: str):
-    """The click command for ``words`` (``queue status``), or None if there is no such command."""
+    """The click command for ``words`` (``queue status``), or None if there is no such command.
+    Words after a command that is not a group are its arguments (``completion fish``)."""
     from ha_ingestor.cli import cli
     command = cli
     for word in words.split():
-        sub = getattr(command, "commands", {}).get(word)
+        if not hasattr(command, "commands"):
+            break
+        sub = command.commands.get(word)
         if sub is None:
             return None
         command = sub

@@ -1,5 +1,5 @@
-"""The MQTT collector's pure parts, on paho's own message objects: topic filters (checked against
-paho's matcher), recognising re-sent messages, and when the inbox cuts a batch."""
+"""The MQTT collector's pure parts, on paho's own message objects: recognising re-sent messages,
+and when the inbox cuts a batch (topic filters: test_topicfilter.py)."""
 
 from __future__ import annotations
 
@@ -12,32 +12,11 @@ import pytest
 from collectors.mqtt.inbox import STALL_HINT, Inbox
 from collectors.mqtt.redelivery import KEEP_BATCHES, TRUST_AFTER, Redelivery, fingerprint
 from collectors.mqtt.session import receive_maximum, subscription_qos
-from collectors.mqtt.topics import TopicFilter, validate_filter
-
-FILTERS = ["#", "a/#", "+/b", "a/+/c", "a/b", "+", "+/#", "$SYS/#", "a/+", "sport/tennis/#",
-           "/+", "+/+/+"]
-TOPICS = ["a", "a/b", "a/b/c", "x/b", "b", "$SYS/x", "$SYS", "a/x/c", "sport/tennis",
-          "sport/tennis/p1", "sport", "a//c", "/b", "a/b/", "/"]
-
 
 def message(mid: int, topic: str, payload: bytes, qos: int = 1, dup: bool = False):
     msg = mqtt.MQTTMessage(mid=mid, topic=topic.encode())
     msg.payload, msg.qos, msg.dup = payload, qos, dup
     return msg
-
-
-@pytest.mark.parametrize("topic_filter", FILTERS)
-def test_exclude_filter_matches_like_paho(topic_filter):
-    excluded = TopicFilter([topic_filter]).excluded
-    for topic in TOPICS:
-        assert excluded(topic) == mqtt.topic_matches_sub(topic_filter, topic), topic
-
-
-@pytest.mark.parametrize("bad", ["a#", "a/#/b", "a+", "#/a", "sport/ten+nis", ""])
-def test_invalid_filters_are_refused_with_the_filter_named(bad):
-    with pytest.raises(ValueError) as err:
-        validate_filter(bad)
-    assert repr(bad) in str(err.value) or not bad
 
 
 def test_redelivered_copy_of_a_never_acknowledged_message_is_recognised_once_per_copy():

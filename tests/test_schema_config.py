@@ -46,7 +46,7 @@ def test_ha_influxdb_options_are_accepted_as_ha_writes_them():
     ({"mqtt": {"format": "xml"}}, "schema.mqtt.format must be json, value or auto, got 'xml'"),
     ({"mqtt": {"rules": [{"measurement": "x"}]}}, "schema.mqtt.rules[0].topic is required"),
     ({"mqtt": {"rules": [{"topic": "a/#/b"}]}},
-     "schema.mqtt.rules[0].topic must be an MQTT topic filter with '#' only as the last segment"),
+     "schema.mqtt.rules[0].topic: '#' must be the last level: 'a/#/b'"),
     ({"mqtt": {"rules": [{"topic": "a/+dev", "tags": {"room": "{room}"}}]}},
      "schema.mqtt.rules[0].tags.room: {room} is not a named segment of the topic 'a/+dev'"),
     ({"mqtt": {"rules": [{"topic": "a/+dev", "match": {"kind": ["x"]}}]}},

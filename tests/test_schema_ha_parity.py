@@ -72,6 +72,10 @@ CONFIGS = [
                                "*.acc_*": {"ignore_attributes": ["friendly_name"]}},
      "component_config_domain": {"sensor": {"override_measurement": "dom"},
                                  "input_boolean": {"override_measurement": ""}}},
+    # an exact entry given empty replaces what a glob set (found by tests/test_import_ha.py)
+    {"component_config": {"sensor.temp": {"override_measurement": "", "ignore_attributes": []}},
+     "component_config_glob": {"sensor.t*": {"override_measurement": "glob",
+                                             "ignore_attributes": ["a", "value"]}}},
     {"include": {"domains": ["sensor", "input_number"]}},
     {"exclude": {"entities": ["sensor.temp"], "domains": ["automation"]}},
     {"include": {"entity_globs": ["sensor.t*"], "entities": ["counter.acc_counter"]},

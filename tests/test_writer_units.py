@@ -6,7 +6,6 @@ import pytest
 
 from ha_ingestor.errors import PermanentError, TransientError
 from writer.lineprotocol import make_line
-from writer.loop import progress_line
 from writer.sinks import AccessDenied, TooLarge, error_for_status, reason_text
 
 
@@ -34,11 +33,6 @@ def test_reason_text_reads_both_api_generations():
     assert reason_text(b'{"code":"not found","message":"bucket \\"b\\" not found"}', "x") == \
         'bucket "b" not found'
     assert reason_text(b"", "Bad Request") == "Bad Request"
-
-
-def test_progress_line():
-    assert progress_line(412_000, 96_000) == "412 000 behind, 96 000 points/s, about 4 s"
-    assert progress_line(5_000, 0) == "5 000 behind, 0 points/s, not draining"
 
 
 def test_line_protocol_rejects_what_influxdb_would():

@@ -24,7 +24,6 @@ converted while the writer waits for InfluxDB is never blamed for that wait.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import signal
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ha_ingestor import metrics
 from ha_ingestor.config.schema import SchemaConfig
-from ha_ingestor.errors import ConversionError, ConverterStopped, UnreadableItem
+from ha_ingestor.errors import ConverterStopped, UnreadableItem
 from ha_ingestor.lifecycle import signal_when_parent_dies
 from ha_ingestor.queue import Batch, decode_events, unreadable_letter
 from writer.convert import Converter
@@ -46,7 +45,6 @@ from writer.convert import Converter
 if TYPE_CHECKING:
     from writer.loop import Round
 
-log = logging.getLogger("writer")
 
 JOIN_TIMEOUT_S = 5.0
 Mark = Callable[[str, int, int], None]      # (source, item id, deaths before): being converted
@@ -62,35 +60,15 @@ def convert_item(converter: Converter, batch: "Round", source: str, item_id: int
         batch.add_dead(source, unreadable_letter(item_id, data), f"unreadable item: {exc}",
                        "unreadable_item")
         return
-    convert = converter.convert
+    encode = converter.encode           # `ha-ingestor convert` prints exactly what it gives
     lines, owners = batch.lines, batch.owners
     for index, event in enumerate(events):
-        try:
-            line = convert(event)
-            if line is None:
-                continue
-            encoded = line.encode("utf-8")
-        except ConversionError as exc:
-            batch.add_dead(source, event, f"conversion: {exc}", exc.kind)
-            continue
-        except UnicodeEncodeError as exc:
-            batch.add_dead(source, event, f"conversion: {_not_unicode(exc)}", "text")
-            continue
-        except Exception as exc:  # noqa: BLE001 - a bug must cost one event, not the writer
-            log.exception("unexpected error converting a %s event; it is a dead letter", source)
-            batch.add_dead(source, event, f"conversion: unexpected {type(exc).__name__}: {exc}",
-                           "unexpected")
-            continue
-        lines.append(encoded)
-        owners.append((source, item_id, index))
-
-
-def _not_unicode(exc: UnicodeEncodeError) -> str:
-    """Where a line holds text InfluxDB cannot store (a lone surrogate from a JSON escape)."""
-    text = exc.object
-    before = text[max(0, exc.start - 60):exc.start]
-    return (f"text that is not valid Unicode ({text[exc.start:exc.end]!r} at character "
-            f"{exc.start} of the line, after {before!r}); InfluxDB stores only UTF-8")
+        encoded, reason, kind = encode(event)
+        if reason is not None:
+            batch.add_dead(source, event, reason, kind)
+        elif encoded is not None:
+            lines.append(encoded)
+            owners.append((source, item_id, index))
 
 
 def separate_process_helps() -> bool:

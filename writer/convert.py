@@ -7,6 +7,7 @@ it becomes a ConversionError naming what is wrong, and the loop dead-letters the
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ha_ingestor.config.schema import SchemaConfig
@@ -19,6 +20,8 @@ from writer.schema_statistics import StatisticsSchemaHA
 
 __all__ = ["ConversionError", "Converter"]
 
+log = logging.getLogger("writer")
+
 
 class Converter:
     def __init__(self, schema: SchemaConfig):
@@ -27,6 +30,21 @@ class Converter:
         self.events = EventsSchemaHA(schema.events, schema.limits)
         self.mqtt = MqttSchemaConverter(schema.mqtt, schema.limits)
         self.statistics = StatisticsSchemaHA(schema.statistics)
+
+    def encode(self, envelope: dict[str, Any]) -> tuple[bytes | None, str | None, str | None]:
+        """What the writer sends for ``envelope``: (the UTF-8 line, None, None), (None, None,
+        None) when the schema writes nothing for it, or (None, dead-letter reason, kind).
+        Never raises. ``ha-ingestor convert`` prints exactly this."""
+        try:
+            line = self.convert(envelope)
+            return (None if line is None else line.encode("utf-8")), None, None
+        except ConversionError as exc:
+            return None, f"conversion: {exc}", exc.kind
+        except UnicodeEncodeError as exc:
+            return None, f"conversion: {_not_unicode(exc)}", "text"
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one event, not the writer
+            log.exception("unexpected error converting an event; it is a dead letter")
+            return None, f"conversion: unexpected {type(exc).__name__}: {exc}", "unexpected"
 
     def convert(self, envelope: dict[str, Any]) -> str | None:
         """The line for ``envelope``, or None when the schema writes nothing for it.
@@ -58,6 +76,14 @@ class Converter:
                 return self.states.to_line(event)
             return self.events.to_line(event)
         raise ConversionError(f"unknown event source {source!r} (expected mqtt or ha)")
+
+
+def _not_unicode(exc: UnicodeEncodeError) -> str:
+    """Where a line holds text InfluxDB cannot store (a lone surrogate from a JSON escape)."""
+    text = exc.object
+    before = text[max(0, exc.start - 60):exc.start]
+    return (f"text that is not valid Unicode ({text[exc.start:exc.end]!r} at character "
+            f"{exc.start} of the line, after {before!r}); InfluxDB stores only UTF-8")
 
 
 def _describe(exc: Exception) -> str:

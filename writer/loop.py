@@ -39,16 +39,16 @@ from writer.conversion import InlineConversion, ProcessConversion, separate_proc
 from writer.convert import Converter
 from writer.crashguard import CrashGuard
 from writer.delivery import Delivery
+from writer.progress import Progress
 from writer.queues import WriterQueues
 from writer.sinks import Sink
 
 log = logging.getLogger("writer")
 
 IDLE_POLL_S = 0.05          # how often an idle writer looks for new events
-STATUS_EVERY_S = 5.0        # queue gauges and the progress line
+STATUS_EVERY_S = 5.0        # queue gauges and the replay progress
 WRITE_WAIT_SLICE_S = 1.0    # how often the heartbeat ticks while a write is retried
 IMPORT_ROUND_EVENTS = 1000  # import events in one round (docs/import.md, "Live data first")
-BEHIND_THRESHOLD = 20_000   # events waiting before the progress line appears
 QUEUE_IDENTITY_KEY = "writer.queue_identity"
 
 
@@ -94,7 +94,7 @@ class WriterLoop:
         self._next_source = 0
         self._importing = False          # the last look at the import queue found events
         self._status_at = 0.0
-        self._points_since_status = 0
+        self.progress = Progress()
 
     # ---- life cycle -----------------------------------------------------------------------------
 
@@ -140,6 +140,7 @@ class WriterLoop:
         self.conversion.close()
         self.queues.close()
         self.sink.close()
+        self.progress.close()
 
     # ---- taking events --------------------------------------------------------------------------
 
@@ -301,14 +302,12 @@ class WriterLoop:
             self.queues.call(source, "acknowledge", lambda: consumer.ack(item_ids, dead))
             metrics.EVENTS_WRITTEN.labels(source=source).inc(batch.counts.get(source, 0))
         metrics.POINTS_WRITTEN.inc(points)
-        self._points_since_status += points
 
     # ---- status ---------------------------------------------------------------------------------
 
     def _report_status(self) -> None:
         now = time.monotonic()
-        elapsed = now - self._status_at
-        if elapsed < STATUS_EVERY_S:
+        if now - self._status_at < STATUS_EVERY_S:
             return
         behind = 0
         try:
@@ -324,11 +323,9 @@ class WriterLoop:
         except Exception as exc:   # a status read failing must not stop the writing
             self.queue_ok = False
             log.error("cannot read queue status: %s", exc)
-        if self._status_at and behind >= BEHIND_THRESHOLD:
-            rate = self._points_since_status / elapsed if elapsed > 0 else 0.0
-            log.info("%s", progress_line(behind, rate))
+        if self.queue_ok:
+            self.progress.update(behind)
         self._status_at = now
-        self._points_since_status = 0
 
 
 def queue_identity(consumer: Consumer) -> str:
@@ -339,13 +336,3 @@ def queue_identity(consumer: Consumer) -> str:
         value = uuid.uuid4().hex[:16]
         consumer.set_meta(QUEUE_IDENTITY_KEY, value)
     return value
-
-
-def progress_line(behind: int, points_per_s: float) -> str:
-    """``412 000 behind, 96 000 points/s, about 4 s``"""
-    eta = f"about {behind / points_per_s:.0f} s" if points_per_s > 0 else "not draining"
-    return f"{_thousands(behind)} behind, {_thousands(round(points_per_s))} points/s, {eta}"
-
-
-def _thousands(number: int) -> str:
-    return f"{number:,}".replace(",", " ")

@@ -135,7 +135,7 @@ def _merge(result: dict[str, Any], override: EntityOverride) -> None:
     # EntityValues merges the voluptuous-validated dicts, which hold only the keys that were set
     if override.override_measurement is not None:
         result["override_measurement"] = override.override_measurement
-    if override.ignore_attributes:
+    if override.ignore_attributes is not None:
         result["ignore_attributes"] = override.ignore_attributes
 
 

@@ -21,6 +21,7 @@ from ha_ingestor.config.schema import MQTT_PRESETS, MqttPreset, MqttRule, MqttSc
 from ha_ingestor.envelope import mqtt_payload
 from ha_ingestor.errors import ConversionError
 from ha_ingestor.memo import Memo
+from ha_ingestor.topicfilter import Pattern
 from writer.fields import Flattener, Limits, flatten_json, parse_json, parse_number
 from writer.lineprotocol import make_line
 from writer.names import stored_key
@@ -75,27 +76,13 @@ def preset_rules(preset: MqttPreset) -> tuple[MqttRule, ...]:
 @dataclass(frozen=True)
 class _Compiled:
     rule: MqttRule
-    segments: tuple[str, ...]
+    pattern: Pattern
     match: dict
 
     def bind(self, levels: list[str]) -> dict[str, str] | None:
         """Named segment values when ``levels`` matches this rule's filter, else None."""
-        names: dict[str, str] = {}
-        segments = self.segments
-        for i, segment in enumerate(segments):
-            first = segment[:1]
-            if first == "#":
-                if segment[1:]:
-                    names[segment[1:]] = "/".join(levels[i:])
-                return self._allowed(names)
-            if i >= len(levels):
-                return None
-            if first == "+":
-                if segment[1:]:
-                    names[segment[1:]] = levels[i]
-            elif segment != levels[i]:
-                return None
-        return self._allowed(names) if len(levels) == len(segments) else None
+        names = self.pattern.bind(levels)
+        return None if names is None else self._allowed(names)
 
     def _allowed(self, names: dict[str, str]) -> dict[str, str] | None:
         for name, values in self.match.items():
@@ -121,7 +108,8 @@ class MqttSchemaConverter:
         rules = list(config.rules)
         for preset in config.presets:
             rules.extend(preset_rules(preset))
-        self.rules = [_Compiled(r, tuple(r.topic.split("/")), dict(r.match)) for r in rules]
+        self.rules = [_Compiled(r, Pattern.compile(r.topic, named=True), dict(r.match))
+                      for r in rules]
         self.flattener = Flattener(limits, config.separator, config.bools == "float")
         self._targets = Memo(self._resolve, _MAX_CACHED_TOPICS)
 

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from ha_ingestor.config.model import InfluxConfig
 from ha_ingestor.errors import IngestorError, PermanentError, TransientError
+from ha_ingestor.tlsutil import client_context
 
 
 class TooLarge(PermanentError):
@@ -89,14 +90,7 @@ def ssl_context(config: InfluxConfig) -> ssl.SSLContext | None:
     """For https URLs: the CA file and verification options of ``influxdb.tls``."""
     if not config.url.lower().startswith("https"):
         return None
-    tls = config.tls
-    context = ssl.create_default_context(cafile=tls.ca_file if tls else None)
-    if tls and tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls and not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return client_context(config.tls)
 
 
 def open_sink(config: InfluxConfig) -> Sink:

@@ -26,12 +26,12 @@ from ha_ingestor.backoff import Backoff
 from ha_ingestor.envelope import MQTT, mqtt_event, mqtt_payload
 from ha_ingestor.errors import DiskFull, QueueFull
 from ha_ingestor.queue import Producer
+from ha_ingestor.topicfilter import TopicSet
 
 from collectors.mqtt import redelivery, retained, subscriptions
 from collectors.mqtt.inbox import Inbox
 from collectors.mqtt.redelivery import Redelivery
 from collectors.mqtt.retained import RetainedTopics
-from collectors.mqtt.topics import TopicFilter
 
 log = logging.getLogger("collectors.mqtt")
 
@@ -57,7 +57,7 @@ class Committer:
     def __init__(self, config, inbox: Inbox, wake: Callable[[], None]):
         self.queue_config = config.queue
         self.max_payload = config.mqtt.max_payload_bytes
-        self.topics = TopicFilter(config.mqtt.exclude_topics)
+        self.excluded_topics = TopicSet(config.mqtt.exclude_topics)
         self.inbox = inbox
         self.wake = wake                      # wakes the network thread's select()
         self.acks: deque = deque()            # (generation, [(mid, qos)], fingerprints) to send
@@ -172,7 +172,7 @@ class Committer:
         lost), the QoS 1/2 messages that are in the queue once this batch is committed, and what
         the batch changes in the retained messages remembered."""
         events, dead, acks, in_queue = [], [], [], []
-        excluded = self.topics.excluded
+        excluded = self.excluded_topics.matches
         limit = self.max_payload
         seen = self._take_dropped()
         pending = self.retained.batch()

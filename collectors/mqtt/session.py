@@ -26,7 +26,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ha_ingestor.errors import AuthError, ConfigError
 
-from collectors.mqtt.topics import validate_filter
 
 log = logging.getLogger("collectors.mqtt")
 
@@ -46,16 +45,8 @@ SUBACK_FAILURE = 0x80
 
 
 def check_config(mqtt_config) -> None:
-    """Raise ConfigError naming the key for topic filters that break MQTT's rules."""
-    if not mqtt_config.topics:
-        raise ConfigError("mqtt.topics must list at least one topic filter")
-    for key, filters in (("mqtt.topics", mqtt_config.topics),
-                         ("mqtt.exclude_topics", mqtt_config.exclude_topics)):
-        for topic_filter in filters:
-            try:
-                validate_filter(topic_filter)
-            except ValueError as err:
-                raise ConfigError(f"{key}: {err}") from None
+    """Warn about settings that work differently from what they say (the topic filters were
+    checked when the config was loaded)."""
     if mqtt_config.qos == 2:
         log.warning("mqtt.qos 2 is subscribed as QoS 1: paho confirms QoS 2 messages to the "
                     "broker before we see them, QoS 1 with acknowledgement after the commit is "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+from ha_ingestor import topicfilter
 from ha_ingestor.config import values as v
 from ha_ingestor.errors import ConfigError
 
@@ -101,10 +102,21 @@ class InfluxConfig:
 
 
 @dataclass(frozen=True)
+class MetricsInfluxConfig:
+    enabled: bool
+    interval: float
+    url: str | None
+    database: str | None
+    bucket: str | None
+    timeout: float
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool
     host: str
     ports: dict = field(hash=False)
+    influxdb: MetricsInfluxConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -170,11 +182,33 @@ def _url(*schemes):
     def url(key, value):
         text = v.as_str(key, value)
         parsed = urlparse(text)
+        if parsed.username is not None or parsed.password is not None:
+            raise ConfigError(f"{key} must not hold credentials ({redact_url(text)}): they "
+                              f"would be shown and logged; use the section's username/password "
+                              f"or token keys")
         if parsed.scheme not in schemes or not parsed.hostname:
             raise v.fail(key, f"a URL starting with {' or '.join(s + '://' for s in schemes)}",
                          value)
         return text.rstrip("/") if parsed.scheme.startswith("http") else text
     return url
+
+
+def redact_url(url: str) -> str:
+    """``http://user:pw@host/x`` → ``http://***@host/x``."""
+    parsed = urlparse(url)
+    if parsed.username is None and parsed.password is None:
+        return url
+    return parsed._replace(netloc="***@" + parsed.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def _topic_filters(key, value):
+    filters = v.as_str_list(key, value)
+    for i, topic_filter in enumerate(filters):
+        try:
+            topicfilter.validate(topic_filter)
+        except topicfilter.FilterError as exc:
+            raise ConfigError(f"{key}[{i}]: {exc}") from None
+    return filters
 
 
 def _event_types(key, value):
@@ -187,6 +221,9 @@ def _event_types(key, value):
                           f"WebSocket API (HA fires it only to its own filtered listeners); "
                           f"a state written again unchanged reaches no client")
     return types
+
+
+_secret = _named("secret", v.as_secret)
 
 
 def _duration_min(minimum):
@@ -228,12 +265,15 @@ MQTT_KEYS = [
     Key("session_expiry", _duration_min(0), "7d", "MQTT 5 session expiry interval: how long "
         "the broker keeps the session while the collector is away."),
     Key("keepalive", _duration_min(1), "30s", "MQTT keepalive interval."),
-    Key("topics", v.as_str_list, ["#"], "Topic filters to subscribe to."),
-    Key("exclude_topics", v.as_str_list, [], "Topic filters whose messages are not stored."),
+    Key("topics", _named("topic filters", _topic_filters), ["#"],
+        "Topic filters to subscribe to (at least one)."),
+    Key("exclude_topics", _named("topic filters", _topic_filters), [],
+        "Topic filters whose messages are not stored."),
     Key("qos", qos, 1, "Subscription QoS (0, 1 or 2). With 1 or 2 a message is acknowledged "
         "to the broker only after it is committed to the queue."),
     Key("username", v.as_opt_str, None, "Broker user name."),
-    Key("password", v.as_opt_str, None, "Broker password (or `password_file`).", secret=True),
+    Key("password", _secret, None, "Broker password (or `password_file`).",
+        secret=True),
     Key("max_payload_bytes", v.as_size, "1MiB", "Larger messages are kept as dead letters "
         "instead of being queued."),
 ]
@@ -242,7 +282,7 @@ HA_KEYS = [
     Key("enabled", v.as_bool, True, "Run the Home Assistant collector (`ha-ingestor run`)."),
     Key("url", _url("ws", "wss"), "ws://127.0.0.1:8123/api/websocket",
         "Home Assistant WebSocket API URL."),
-    Key("token", v.as_opt_str, None, "Long-lived access token of an administrator "
+    Key("token", _secret, None, "Long-lived access token of an administrator "
         "(or `token_file`).", secret=True),
     Key("event_types", _event_types, [], "Event types to subscribe to; empty means all "
         "(`state_reported` cannot be subscribed over HA's WebSocket API)."),
@@ -272,10 +312,11 @@ INFLUX_KEYS = [
     Key("retention_policy", v.as_opt_str, None, "v1: retention policy (default: the "
         "database's default)."),
     Key("username", v.as_opt_str, None, "v1: user name."),
-    Key("password", v.as_opt_str, None, "v1: password (or `password_file`).", secret=True),
+    Key("password", _secret, None, "v1: password (or `password_file`).",
+        secret=True),
     Key("org", v.as_opt_str, None, "v2: organization."),
     Key("bucket", v.as_opt_str, None, "v2: bucket."),
-    Key("token", v.as_opt_str, None, "v2: API token (or `token_file`).", secret=True),
+    Key("token", _secret, None, "v2: API token (or `token_file`).", secret=True),
     Key("batch_size", _between(1, 1_000_000), 5000, "Points per write request."),
     Key("flush_interval", _duration_min(0.001), "1s", "Write a partial batch after this long."),
     Key("timeout", _duration_min(0.1), "10s", "Timeout of one write request."),
@@ -293,6 +334,18 @@ METRICS_KEYS = [
     Key("host", v.as_str, "127.0.0.1", "Address the endpoints bind to."),
 ]
 METRICS_PORTS = {"run": 9100, "mqtt": 9101, "ha": 9102, "writer": 9103, "central": 9104}
+METRICS_INFLUX_KEYS = [
+    Key("enabled", v.as_bool, False, "Write every process's own counters and gauges to "
+        "InfluxDB, like Telegraf's `inputs.internal` (`metrics.influxdb: true` is short for "
+        "this). Never delays the events: a snapshot that cannot be written is dropped and "
+        "counted."),
+    Key("interval", _duration_min(1), "10s", "How often each process writes a snapshot."),
+    Key("url", _url("http", "https"), None, "InfluxDB to write them to (default: "
+        "`influxdb.url`; the credentials and TLS settings of `influxdb:` are used)."),
+    Key("database", v.as_opt_str, None, "v1: database (default: `influxdb.database`)."),
+    Key("bucket", v.as_opt_str, None, "v2: bucket (default: `influxdb.bucket`)."),
+    Key("timeout", _duration_min(0.1), "2s", "Timeout of one snapshot's write request."),
+]
 
 RUN_KEYS = [
     Key("shutdown_timeout", _duration_min(1), "30s", "`ha-ingestor run`: how long collectors "
@@ -350,7 +403,10 @@ def _parse_one(dotted: str, key: Key, value: Any) -> Any:
 
 def build_tls(section: str, raw: Any, url: str | None = None) -> TlsConfig:
     values = parse_keys(f"{section}.tls", TLS_KEYS, raw)
-    if url and urlparse(url).scheme in ("https", "wss"):
+    scheme = urlparse(url).scheme if url else None
+    if scheme in ("http", "ws"):
+        _refuse_tls_without_tls_url(section, url, raw, values)
+    if scheme in ("https", "wss"):
         values["enabled"] = True
     if values["ca_file"] or values["cert_file"]:
         values["enabled"] = True
@@ -360,8 +416,26 @@ def build_tls(section: str, raw: Any, url: str | None = None) -> TlsConfig:
     return TlsConfig(**values)
 
 
+def _refuse_tls_without_tls_url(section: str, url: str, raw: Any, values: dict) -> None:
+    """``tls`` settings beside an ``http://`` or ``ws://`` URL would be ignored: the connection
+    is plain text. Refused, so nobody believes it is encrypted."""
+    given = [name for name in v.as_mapping(f"{section}.tls", raw)
+             if values[name] != next(k.default for k in TLS_KEYS if k.name == name)]
+    if given:
+        secure = "wss://" if url.startswith("ws") else "https://"
+        raise ConfigError(f"{section}.tls.{given[0]} is set but {section}.url is "
+                          f"{url.split('://')[0]}:// (no TLS): use a {secure} URL, or remove "
+                          f"{section}.tls")
+
+
 def build_metrics(raw: Any) -> MetricsConfig:
-    values = parse_keys("metrics", METRICS_KEYS, raw, extra=("ports",))
+    values = parse_keys("metrics", METRICS_KEYS, raw, extra=("ports", "influxdb"))
+    influx_raw = v.as_mapping("metrics", raw).get("influxdb")
+    if influx_raw is not None and not isinstance(v.structured("metrics.influxdb", influx_raw),
+                                                 dict):
+        influx_raw = {"enabled": influx_raw}         # metrics.influxdb: true
+    values["influxdb"] = MetricsInfluxConfig(**parse_keys("metrics.influxdb",
+                                                          METRICS_INFLUX_KEYS, influx_raw))
     ports_raw = v.as_mapping("metrics.ports", v.as_mapping("metrics", raw).get("ports"))
     ports = dict(METRICS_PORTS)
     for name, port in ports_raw.items():
@@ -395,5 +469,7 @@ def check_consistency(config: Config) -> None:
         if missing:
             raise ConfigError(f"influxdb.api is v2, so influxdb.{missing[0]} is required "
                               f"(v2 needs org, bucket and token)")
+    if not config.mqtt.topics:
+        raise ConfigError("mqtt.topics must list at least one topic filter")
     if bool(config.mqtt.username) != bool(config.mqtt.password) and config.mqtt.password:
         raise ConfigError("mqtt.password is set but mqtt.username is not")

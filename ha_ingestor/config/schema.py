@@ -49,6 +49,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ha_ingestor import topicfilter
 from ha_ingestor.config.values import (as_bool, as_choice, as_int, as_mapping, as_opt_str,
                                        as_size, as_str, as_str_list, fail)
 from ha_ingestor.errors import ConfigError
@@ -74,10 +75,11 @@ class EntityFilter:
 
 @dataclass(frozen=True)
 class EntityOverride:
-    """One ``component_config*`` entry."""
+    """One ``component_config*`` entry. None: not given here (a less specific entry's value
+    stays); given, even empty (``""``, ``[]``), it replaces that value, as in HA."""
 
     override_measurement: str | None = None
-    ignore_attributes: tuple[str, ...] = ()
+    ignore_attributes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -313,11 +315,12 @@ def _overrides(key: str, raw: Any, entity_ids: bool = False
         sub = f"{key}.{name}"
         value = as_mapping(sub, value)
         _no_unknown(sub, value, ("override_measurement", "ignore_attributes"))
+        measurement, ignore = value.get("override_measurement"), value.get("ignore_attributes")
         result.append((name, EntityOverride(
-            override_measurement=as_opt_str(f"{sub}.override_measurement",
-                                            value.get("override_measurement")),
-            ignore_attributes=as_str_list(f"{sub}.ignore_attributes",
-                                          value.get("ignore_attributes")))))
+            override_measurement=None if measurement is None else as_str(
+                f"{sub}.override_measurement", measurement, allow_empty=True),
+            ignore_attributes=None if ignore is None else as_str_list(
+                f"{sub}.ignore_attributes", ignore))))
     return tuple(result)
 
 
@@ -409,22 +412,11 @@ def _rule(key: str, raw: Any) -> MqttRule:
 
 
 def topic_names(key: str, topic: str) -> tuple[str, ...]:
-    """Names bound by ``+name``/``#name`` segments; checks the filter's shape."""
-    names: list[str] = []
-    segments = topic.split("/")
-    for i, segment in enumerate(segments):
-        if segment.startswith(("+", "#")):
-            if segment.startswith("#") and i != len(segments) - 1:
-                raise fail(key, "an MQTT topic filter with '#' only as the last segment", topic)
-            name = segment[1:]
-            if name:
-                if not name.isidentifier() or name == "topic" or name in names:
-                    raise fail(key, "segment names that are unique identifiers (not 'topic')",
-                               topic)
-                names.append(name)
-        elif "+" in segment or "#" in segment:
-            raise fail(key, "an MQTT topic filter ('+' and '#' fill a whole segment)", topic)
-    return tuple(names)
+    """Names bound by ``+name``/``#name`` levels; checks the filter against MQTT's rules."""
+    try:
+        return topicfilter.validate(topic, named=True)
+    except topicfilter.FilterError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def _match(key: str, raw: Any, names: tuple[str, ...]

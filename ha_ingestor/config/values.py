@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from ha_ingestor.config import yamlfile
 from ha_ingestor.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -16,8 +17,32 @@ _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, None: 1}
 
 
+class EnvText(str):
+    """A value given by an ``HA_INGESTOR_*`` environment variable: text, taken verbatim by string
+    keys; list and mapping keys read it as a YAML flow list or mapping."""
+
+
+def is_secret_name(name: str) -> bool:
+    """Keys whose values are never shown: ``password``, ``token``, ``*_password``, ``*_token``."""
+    return name in ("password", "token") or name.endswith(("_password", "_token"))
+
+
 def fail(key: str, expected: str, value: Any) -> ConfigError:
+    """The error for a bad value; a secret key's value is not repeated."""
+    if is_secret_name(key.rsplit(".", 1)[-1].split("[", 1)[0]):
+        return ConfigError(f"{key} must be {expected} (value not shown: it is a secret)")
     return ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def structured(key: str, value: Any) -> Any:
+    """An environment override for a list or mapping key: ``[a, b]`` or ``{k: v}`` as YAML flow
+    text; any other text is one item."""
+    if not isinstance(value, EnvText) or not value.strip().startswith(("[", "{")):
+        return value
+    try:
+        return yamlfile.load(str(value), key, yamlfile.BoundedLoader)
+    except ConfigError:
+        raise fail(key, "a YAML flow list or mapping such as [\"a\", \"b\"]", value) from None
 
 
 def as_bool(key: str, value: Any) -> bool:
@@ -56,6 +81,15 @@ def as_str(key: str, value: Any, allow_empty: bool = False) -> str:
 
 def as_opt_str(key: str, value: Any) -> str | None:
     return None if value is None or value == "" else as_str(key, value)
+
+
+def as_secret(key: str, value: Any) -> str | None:
+    """A password or token: any non-empty text, verbatim (spaces, ``#``, leading zeros kept)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise fail(key, "a string", value)
+    return str(value)
 
 
 def as_choice(key: str, value: Any, choices: Iterable[str]) -> str:
@@ -103,6 +137,7 @@ def as_size(key: str, value: Any, minimum: int = 1) -> int:
 
 
 def as_str_list(key: str, value: Any) -> tuple[str, ...]:
+    value = structured(key, value)
     if value is None:
         return ()
     if isinstance(value, str):
@@ -127,6 +162,7 @@ def as_file(key: str, value: Any) -> str | None:
 
 
 def as_mapping(key: str, value: Any) -> dict:
+    value = structured(key, value)
     if value is None:
         return {}
     if not isinstance(value, dict):
