@@ -17,7 +17,7 @@ import yaml
 
 from ha_ingestor import __version__, cli_convert, metrics, metrics_influx, queue, statusview
 from ha_ingestor.config import default_config_path, load_config, load_queue_config, redacted
-from ha_ingestor.envelope import SOURCES, describe
+from ha_ingestor.envelope import QUEUES, describe
 from ha_ingestor.errors import (EXIT_CODES, EXIT_CONFIG, EXIT_FAILURE, ConfigError, IngestorError,
                                 QueueError)
 from ha_ingestor.lifecycle import HEARTBEAT, StopFlag, die_with_parent
@@ -313,12 +313,12 @@ def _queue_dir(ctx: Context, override: Path | None) -> Path:
 
 
 def _sources(source: str | None) -> tuple[str, ...]:
-    return (source,) if source else SOURCES
+    return (source,) if source else QUEUES
 
 
 queue_dir_option = click.option("--queue-dir", type=click.Path(file_okay=False, path_type=Path),
                                  default=None, help="Queue directory (default: queue.dir).")
-source_option = click.option("--source", type=click.Choice(SOURCES), default=None,
+source_option = click.option("--source", type=click.Choice(QUEUES), default=None,
                              help="Only this queue (default: every queue).")
 
 
@@ -343,7 +343,7 @@ def queue_status(ctx: Context, as_json: bool, watch: float | None, count: int | 
     qdir = _queue_dir(ctx, queue_dir)
 
     def read() -> dict:
-        return {source: queue.read_status(qdir, source) for source in SOURCES}
+        return {source: queue.read_status(qdir, source) for source in QUEUES}
 
     if as_json:
         click.echo(statusview.as_json(read(), queue.QueueStatus(0, 0, 0, None, 0)))
@@ -422,7 +422,7 @@ def queue_requeue_dead(ctx: Context, source: str | None, ids: tuple[int, ...],
 
 
 @queue_group.command("dead-letter-item")
-@click.argument("source", type=click.Choice(SOURCES))
+@click.argument("source", type=click.Choice(QUEUES))
 @click.argument("item_id", metavar="ID", type=click.IntRange(1))
 @click.option("--reason", default="moved aside by an operator", show_default=True,
               help="Kept with every event of the item.")
@@ -458,5 +458,14 @@ def queue_purge(ctx: Context, source: str | None, dead: bool, yes: bool,
 
 
 cli.add_command(cli_convert.convert)
+
+
+def _add_import_commands() -> None:
+    from ha_ingestor.cli_import import COMMANDS
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_import_commands()
 
 __all__ = ["cli", "main", "child_argv", "ConfigError", "QueueError"]

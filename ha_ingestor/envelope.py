@@ -20,6 +20,14 @@ Home Assistant::
 ``get_states`` snapshot) are written as ``state_changed`` events whose ``time_fired`` is the state's
 ``last_updated``: the same time the live event carried, so the writer produces the identical point.
 
+``import`` (``ha-ingestor import history``) is shaped the same way and goes to its own queue file,
+``import.db``. A long-term statistics row (``ha-ingestor import statistics``) is not an event::
+
+    {"src": "ha", "rx": <ns>, "kind": "statistics",
+     "statistic": {"statistic_id": "sensor.energy", "period": "hour", "unit": "kWh",
+                   "source": "recorder", "start": <period start, ms>,
+                   "mean": .., "min": .., "max": .., "sum": .., "state": .., "last_reset": <ms>}}
+
 A frame the HA collector cannot read (not JSON, not UTF-8, nested too deeply to parse) is kept
 whole in the dead-letter store, never queued::
 
@@ -36,11 +44,15 @@ from typing import Any
 MQTT = "mqtt"
 HA = "ha"
 SOURCES = (MQTT, HA)
+IMPORT = "import"                   # the queue file of `ha-ingestor import` (import.db)
+QUEUES = (MQTT, HA, IMPORT)         # every queue file, live ones first
 
 KIND_LIVE = "live"
 KIND_BACKFILL = "backfill"
 KIND_RESYNC = "resync"
-HA_KINDS = (KIND_LIVE, KIND_BACKFILL, KIND_RESYNC)
+KIND_IMPORT = "import"              # a state change read from HA's recorder by `import history`
+KIND_STATISTICS = "statistics"      # one long-term statistics row (`import statistics`)
+HA_KINDS = (KIND_LIVE, KIND_BACKFILL, KIND_RESYNC, KIND_IMPORT)
 
 # HA's name (its location_name), kept by the HA collector in ha.db's meta table: the default name
 # of a fleet site (nats.site).
@@ -100,10 +112,19 @@ def state_as_event(state: dict[str, Any], kind: str, received_ns: int | None = N
     return ha_event(event, kind, received_ns)
 
 
+def statistic_row(statistic: dict[str, Any], received_ns: int | None = None) -> dict[str, Any]:
+    """Envelope for one long-term statistics row (``import statistics``)."""
+    return {"src": HA, "rx": received_ns if received_ns is not None else now_ns(),
+            "kind": KIND_STATISTICS, "statistic": statistic}
+
+
 def describe(event: dict[str, Any]) -> str:
     """A short human label for logs and ``queue peek``: the topic or the event type and entity."""
     if event.get("src") == MQTT:
         return f"mqtt {event.get('topic')}"
+    if event.get("kind") == KIND_STATISTICS:
+        stat = event.get("statistic") or {}
+        return f"ha statistics {stat.get('statistic_id', '?')} {stat.get('period', '')}".rstrip()
     inner = event.get("event") or {}
     entity = (inner.get("data") or {}).get("entity_id") or ""
     return f"ha {event.get('kind', '?')} {inner.get('event_type', '?')} {entity}".rstrip()

@@ -12,6 +12,7 @@ EXIT_FAILURE = 1       # unexpected error: a bug or an unclassified failure; res
 EXIT_CONFIG = 2        # bad configuration or command-line usage: restarting will not help
 EXIT_AUTH = 3          # the source or sink refused our credentials: restarting will not help
 EXIT_QUEUE = 4         # a queue file is unusable (corrupt, not SQLite, no permission) or in use
+EXIT_MISSING = 5       # `verify`: points HA's recorder holds are missing from InfluxDB
 EXIT_KILLED = 130      # second signal: stopped at once without draining
 
 EXIT_CODES = {
@@ -21,6 +22,7 @@ EXIT_CODES = {
     EXIT_AUTH: "authentication refused by the MQTT broker, Home Assistant or NATS (a `nats` command); the writers retry InfluxDB and NATS credentials instead, without losing anything",
     EXIT_QUEUE: "a queue file cannot be opened (corrupt, no permission) or another process "
                 "already has its role (a second writer or collector)",
+    EXIT_MISSING: "verify: state changes HA's recorder holds are missing from InfluxDB",
     EXIT_KILLED: "stopped at once by a second signal",
 }
 

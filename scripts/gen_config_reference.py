@@ -77,14 +77,16 @@ SECTION_NOTES = {
                "`/readyz` (connected to its source or sink and the queue writable) on its own "
                "port.",
     "run": "The supervisor, `ha-ingestor run`.",
+    "import": "`ha-ingestor import history`, `import statistics` and `verify`: how HA's "
+              "recorder is read (docs/import.md).",
 }
 
 SCHEMA = """\
 ## `schema`
 
 How events become InfluxDB points (read by the writer only): Home Assistant's own `influxdb`
-integration options for `state_changed`, the measurement for every other event type, and the MQTT
-topic rules and presets. The keys and their defaults are described in [schema.md](schema.md).
+integration options for `state_changed`, the measurement for every other event type, the MQTT
+topic rules and presets, and the schema of imported statistics. The keys and their defaults are described in [schema.md](schema.md).
 """
 
 

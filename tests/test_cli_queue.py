@@ -27,13 +27,13 @@ def test_status_on_missing_directory_says_so_and_exits_0(tmp_path):
     as_json = queue_cli(tmp_path / "nothing-here", "status", "--json")
     assert json.loads(as_json.stdout) == {"queues": {
         s: {"ready": 0, "in_flight": 0, "dead": 0, "oldest_age_s": None, "bytes": 0}
-        for s in ("mqtt", "ha")}}
+        for s in ("mqtt", "ha", "import")}}
 
 
 def test_status_on_empty_directory(tmp_path):
     result = queue_cli(tmp_path, "status")
     assert result.returncode == 0
-    assert result.stdout.count("(no queue file yet)") == 2
+    assert result.stdout.count("(no queue file yet)") == 3
 
 
 def test_status_counts_events_not_batches(tmp_path):

@@ -45,9 +45,9 @@ def run(config, stop) -> int:
 
 def _claim_queues(queue_dir) -> list:
     """The writer's role on every queue file: a second writer exits 4 at once."""
-    from ha_ingestor.envelope import SOURCES
+    from ha_ingestor.envelope import QUEUES
     from ha_ingestor.queue import CONSUMER, hold_role
-    return [hold_role(queue_dir, source, CONSUMER, "the writer") for source in SOURCES]
+    return [hold_role(queue_dir, source, CONSUMER, "the writer") for source in QUEUES]
 
 
 def _open_output(config, stop):

@@ -11,11 +11,12 @@ import logging
 from typing import Any
 
 from ha_ingestor.config.schema import SchemaConfig
-from ha_ingestor.envelope import HA, MQTT
+from ha_ingestor.envelope import HA, KIND_STATISTICS, MQTT
 from ha_ingestor.errors import ConversionError
 from writer.schema_events import EventsSchemaHA
 from writer.schema_ha import StateChangedSchemaHA
 from writer.schema_mqtt import MqttSchemaConverter
+from writer.schema_statistics import StatisticsSchemaHA
 
 __all__ = ["ConversionError", "Converter"]
 
@@ -28,6 +29,7 @@ class Converter:
         self.states = StateChangedSchemaHA(schema.state_changed, schema.limits)
         self.events = EventsSchemaHA(schema.events, schema.limits)
         self.mqtt = MqttSchemaConverter(schema.mqtt, schema.limits)
+        self.statistics = StatisticsSchemaHA(schema.statistics)
 
     def encode(self, envelope: dict[str, Any]) -> tuple[bytes | None, str | None, str | None]:
         """What the writer sends for ``envelope``: (the UTF-8 line, None, None), (None, None,
@@ -62,6 +64,8 @@ class Converter:
         if source == MQTT:
             return self.mqtt.to_line(envelope)
         if source == HA:
+            if envelope.get("kind") == KIND_STATISTICS:
+                return self.statistics.to_line(envelope["statistic"])
             if "event" not in envelope and "frame" in envelope:
                 raise ConversionError(f"a Home Assistant frame the collector could not read: "
                                       f"{envelope.get('error', '?')}", "unreadable")

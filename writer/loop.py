@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ha_ingestor import metrics
+from ha_ingestor.envelope import IMPORT
 from ha_ingestor.errors import DiskFull, Stopping
 from ha_ingestor.lifecycle import HEARTBEAT, StopFlag
 from ha_ingestor.queue import Consumer
@@ -47,6 +48,7 @@ log = logging.getLogger("writer")
 IDLE_POLL_S = 0.05          # how often an idle writer looks for new events
 STATUS_EVERY_S = 5.0        # queue gauges and the replay progress
 WRITE_WAIT_SLICE_S = 1.0    # how often the heartbeat ticks while a write is retried
+IMPORT_ROUND_EVENTS = 1000  # import events in one round (docs/import.md, "Live data first")
 QUEUE_IDENTITY_KEY = "writer.queue_identity"
 
 
@@ -90,6 +92,7 @@ class WriterLoop:
         self.item_prefix: dict[str, str] = {}          # source -> queue file identity.source
         self.queue_ok = True
         self._next_source = 0
+        self._importing = False          # the last look at the import queue found events
         self._status_at = 0.0
         self.progress = Progress()
 
@@ -142,16 +145,26 @@ class WriterLoop:
     # ---- taking events --------------------------------------------------------------------------
 
     def _take_round(self) -> Round:
-        """Up to batch_size events, fairly across sources; waits up to flush_interval for more
-        when the first take did not fill the batch."""
+        """Up to batch_size events, fairly across the live sources; waits up to flush_interval
+        for more when the first take did not fill the batch.
+
+        Live data first: the import queue only in a round where no live event waits, at most
+        IMPORT_ROUND_EVENTS of it, so that a live event arriving meanwhile waits for one small
+        write at most; and while the import queue has events, a round with live events is
+        written at once instead of waiting flush_interval for more (the writer is busy with the
+        import anyway, and the live events should not wait behind it)."""
         batch = Round()
         deadline = time.monotonic() + self.flush_interval
         while True:
             try:
                 took = self._take_fair(batch)
+                if batch.events == 0 and IMPORT in self.consumers:
+                    self._importing = self._take_share(batch, IMPORT,
+                                                       min(self.batch_size, IMPORT_ROUND_EVENTS))
+                    break
             except Stopping:                   # the disk is full and a stop was requested
                 break
-            if batch.events >= self.batch_size or self.stop.is_set():
+            if batch.events >= self.batch_size or self.stop.is_set() or self._importing:
                 break
             remaining = deadline - time.monotonic()
             if batch.events == 0 or remaining <= 0:
@@ -161,7 +174,7 @@ class WriterLoop:
         return batch
 
     def _take_fair(self, batch: Round) -> bool:
-        sources = list(self.consumers)
+        sources = [source for source in self.consumers if source != IMPORT]
         if not sources:
             return False
         took = False

@@ -1,9 +1,9 @@
 """The writer's side of the queue files: the consumer role of every source, each file opened
 once it exists, and a full disk waited out instead of exiting.
 
-The writer claims the consumer role of every source's file when it starts, before the files
-exist, so a second writer exits 4 at once (``queue/mqtt.db is already used by the writer (pid
-…)``) instead of sharing a file with it. A queue operation the full filesystem refuses (taking,
+The writer claims the consumer role of every queue file (``mqtt.db``, ``ha.db``, ``import.db``)
+when it starts, before the files exist, so a second writer exits 4 at once (``queue/mqtt.db is
+already used by the writer (pid …)``) instead of sharing a file with it. A queue operation the full filesystem refuses (taking,
 acknowledging, dead-lettering, opening) is retried with the shared backoff, counted in
 ``ha_ingestor_queue_disk_full_total`` and logged; /readyz is 503 meanwhile. Nothing is lost:
 an item not acknowledged stays in the queue and is written again.
@@ -18,7 +18,7 @@ from typing import Callable, TypeVar
 
 from ha_ingestor import metrics
 from ha_ingestor.backoff import Backoff
-from ha_ingestor.envelope import SOURCES
+from ha_ingestor.envelope import QUEUES
 from ha_ingestor.errors import DiskFull, Stopping
 from ha_ingestor.lifecycle import StopFlag
 from ha_ingestor.queue import CONSUMER, Consumer, hold_role, queue_file
@@ -38,7 +38,7 @@ class WriterQueues:
         self.queue_dir = Path(queue_dir)
         self.stop = stop
         self.opened = opened                   # called with each file the writer opens
-        self.claims = [hold_role(queue_dir, source, CONSUMER, "the writer") for source in SOURCES]
+        self.claims = [hold_role(queue_dir, source, CONSUMER, "the writer") for source in QUEUES]
         self.consumers: dict[str, Consumer] = {}
         self.disk_full = False
         self.backoff = Backoff(**DISK_BACKOFF)
@@ -50,7 +50,7 @@ class WriterQueues:
         if now - self._checked_at < NEW_FILE_CHECK_S:
             return
         self._checked_at = now
-        for source in SOURCES:
+        for source in QUEUES:
             if source in self.consumers or not queue_file(self.queue_dir, source).exists():
                 continue
             try:

@@ -31,6 +31,7 @@ TLS_SECTIONS = model.TLS_SECTIONS + ("nats",)
 KNOWN_SECTIONS = tuple(SECTIONS) + ("schema",)
 DEFAULT_FILE = "ha-ingestor.yaml"
 REDACTED = "***"
+_SHOWN_AS = {"imports": "import"}        # config fields named apart from their YAML section
 
 
 def default_config_path(env: Mapping[str, str] | None = None) -> Path | None:
@@ -78,6 +79,7 @@ def load_config(path: Path | str | None, env: Mapping[str, str] | None = None,
         schema=_build_schema(sections["schema"]),
         metrics=model.build_metrics(sections["metrics"]),
         run=model.build_section("run", sections["run"]),
+        imports=model.build_section("import", sections["import"]),
         nats=fleet.build_nats(sections["nats"]),
         source=str(path) if path else ("<stdin>" if text is not None else None),
     )
@@ -99,7 +101,7 @@ def redacted(config: Config) -> dict:
 
 def _plain(value: Any, path: tuple[str, ...]) -> Any:
     if is_dataclass(value):
-        return {f.name: (_pairs(getattr(value, f.name), path + (f.name,)) if _is_pairs(f)
+        return {_SHOWN_AS.get(f.name, f.name): (_pairs(getattr(value, f.name), path + (f.name,)) if _is_pairs(f)
                          else _plain(getattr(value, f.name), path + (f.name,)))
                 for f in fields(value) if f.name != "source"}
     if isinstance(value, dict):

@@ -127,6 +127,15 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ImportConfig:
+    window: float
+    entities_per_request: int
+    statistics_window: float
+    statistic_ids_per_request: int
+    request_timeout: float
+
+
+@dataclass(frozen=True)
 class Config:
     queue: QueueConfig
     mqtt: MqttConfig
@@ -135,6 +144,7 @@ class Config:
     schema: Any
     metrics: MetricsConfig
     run: RunConfig
+    imports: ImportConfig | None = None   # the ``import:`` section (a Python keyword)
     nats: Any = None                   # fleet.NatsConfig (the nats: section)
     source: str | None = None          # the file it was loaded from
 
@@ -230,7 +240,7 @@ TLS_KEYS = [
 ]
 
 QUEUE_KEYS = [
-    Key("dir", v.as_path, "./data/queue", "Directory of the queue files (mqtt.db, ha.db)."),
+    Key("dir", v.as_path, "./data/queue", "Directory of the queue files (mqtt.db, ha.db, import.db)."),
     Key("max_bytes", _named("size", lambda key, value: v.as_size(key, value, MIN_QUEUE_BYTES)),
         "2GiB", "Largest size of one queue file. When full the MQTT "
         "collector stops reading (the broker keeps the messages); the HA collector drops by "
@@ -347,9 +357,23 @@ RUN_KEYS = [
         "restarts it (a child stopped with SIGSTOP, or stuck)."),
 ]
 
+IMPORT_KEYS = [
+    Key("window", _duration_min(1), "1h", "`import history` and `verify` read HA's recorder in "
+        "windows of this length (with `entities_per_request`, what one request reads)."),
+    Key("entities_per_request", _between(1, 10_000), 25, "Entities in one "
+        "`history/history_during_period` request; with `window`, this sizes each answer so HA "
+        "stays responsive."),
+    Key("statistics_window", _duration_min(60), "30d", "`import statistics` reads this much "
+        "time per request."),
+    Key("statistic_ids_per_request", _between(1, 10_000), 20, "Statistics in one "
+        "`recorder/statistics_during_period` request."),
+    Key("request_timeout", _duration_min(1), "300s", "How long one answer from HA may take "
+        "before the request is retried."),
+]
+
 SECTIONS: dict[str, list[Key]] = {
     "queue": QUEUE_KEYS, "mqtt": MQTT_KEYS, "homeassistant": HA_KEYS, "influxdb": INFLUX_KEYS,
-    "metrics": METRICS_KEYS, "run": RUN_KEYS,
+    "metrics": METRICS_KEYS, "run": RUN_KEYS, "import": IMPORT_KEYS,
 }
 TLS_SECTIONS = ("mqtt", "homeassistant", "influxdb")
 KNOWN_SECTIONS = tuple(SECTIONS) + ("schema",)
@@ -425,7 +449,8 @@ def build_metrics(raw: Any) -> MetricsConfig:
 def build_section(name: str, raw: Any):
     keys, cls = {"queue": (QUEUE_KEYS, QueueConfig), "mqtt": (MQTT_KEYS, MqttConfig),
                  "homeassistant": (HA_KEYS, HomeAssistantConfig),
-                 "influxdb": (INFLUX_KEYS, InfluxConfig), "run": (RUN_KEYS, RunConfig)}[name]
+                 "influxdb": (INFLUX_KEYS, InfluxConfig), "run": (RUN_KEYS, RunConfig),
+                 "import": (IMPORT_KEYS, ImportConfig)}[name]
     extra = ("tls",) if name in TLS_SECTIONS else ()
     values = parse_keys(name, keys, raw, extra)
     if name in TLS_SECTIONS:

@@ -30,6 +30,10 @@ Three parts, each optional::
         topic_tag: topic
         retain_tag: retained
         bools: float         # float (1.0/0.0) or string
+      statistics:            # rows of `ha-ingestor import statistics`
+        measurement: null    # null: the statistic's unit, as HA names state measurements
+        default_measurement: null   # when it has no unit; null: the statistic_id
+        tags: {}             # added to every point
       limits:                # beyond these an event is a dead letter
         max_depth: 64        # JSON nesting
         max_fields: 1000     # fields in one point
@@ -151,18 +155,29 @@ class SchemaLimits:
 
 
 @dataclass(frozen=True)
+class StatisticsSchema:
+    """Long-term statistics rows (docs/import.md, "Statistics in InfluxDB")."""
+
+    measurement: str | None = None          # None: the unit of the statistic
+    default_measurement: str | None = None  # None: the statistic_id (a statistic without unit)
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class SchemaConfig:
     state_changed: StateChangedSchema = field(default_factory=StateChangedSchema)
     events: EventsSchema = field(default_factory=EventsSchema)
     mqtt: MqttSchema = field(default_factory=MqttSchema)
     limits: SchemaLimits = field(default_factory=SchemaLimits)
+    statistics: StatisticsSchema = field(default_factory=StatisticsSchema)
 
 
 def build_schema(raw: dict | None, key_prefix: str = "schema") -> SchemaConfig:
     """Validate the ``schema:`` mapping. Raises ConfigError naming the dotted key and value."""
     raw = as_mapping(key_prefix, raw)
-    _no_unknown(key_prefix, raw, ("state_changed", "events", "mqtt", "limits"))
+    _no_unknown(key_prefix, raw, ("state_changed", "events", "mqtt", "limits", "statistics"))
     return SchemaConfig(
+        statistics=_statistics(f"{key_prefix}.statistics", raw.get("statistics")),
         state_changed=_state_changed(f"{key_prefix}.state_changed", raw.get("state_changed")),
         events=_events(f"{key_prefix}.events", raw.get("events")),
         mqtt=_mqtt(f"{key_prefix}.mqtt", raw.get("mqtt")),
@@ -178,6 +193,24 @@ def _limits(key: str, raw: Any) -> SchemaLimits:
         max_fields=as_int(f"{key}.max_fields", raw.get("max_fields", defaults.max_fields), 1),
         max_string_bytes=as_size(f"{key}.max_string_bytes",
                                  raw.get("max_string_bytes", defaults.max_string_bytes), 1))
+
+
+def _statistics(key: str, raw: Any) -> StatisticsSchema:
+    raw = as_mapping(key, raw)
+    _no_unknown(key, raw, ("measurement", "default_measurement", "tags"))
+    pairs = _tag_pairs(f"{key}.tags", raw.get("tags"))
+    taken = [name for name, _ in pairs if name in STATISTICS_TAGS]
+    if taken:
+        raise ConfigError(f"{key}.tags.{taken[0]}: every statistics point has this tag already "
+                          f"({', '.join(STATISTICS_TAGS)})")
+    return StatisticsSchema(
+        measurement=as_opt_str(f"{key}.measurement", raw.get("measurement")),
+        default_measurement=as_opt_str(f"{key}.default_measurement",
+                                       raw.get("default_measurement")),
+        tags=pairs)
+
+
+STATISTICS_TAGS = ("statistic_id", "entity_id", "domain", "period", "source")
 
 
 def _tag_names(key: str, names: tuple[str, ...]) -> tuple[str, ...]:
