@@ -97,7 +97,7 @@ def test_queue_commands_need_only_the_queue_section(tmp_path):
     result = cli(tmp_path, text, "queue", "status", "--json")
     assert result.returncode == 0, result.stderr
     queues = json.loads(result.stdout)["queues"]
-    assert set(queues) == {"mqtt", "ha"} and queues["ha"]["ready"] == 3
+    assert set(queues) == {"mqtt", "ha", "import"} and queues["ha"]["ready"] == 3
     for args in (["status"], ["status", "--watch", "0.2", "--count", "2"], ["peek"]):
         result = cli(tmp_path, text, "queue", *args)
         assert result.returncode == 0, (args, result.stderr)
