@@ -35,7 +35,6 @@ DB = "home"
 RATE = 100.0                                                   # state changes per second
 GAP_S = float(os.environ.get("HA_CATCHUP_GAP_S", "30"))
 HANDOFF = int(os.environ.get("HA_CATCHUP_HANDOFF", "1000"))
-CAUGHT_UP = "caught up"                                        # the collector's log, per catch-up
 
 
 def pipeline(ing_factory, ha, influx, name: str, **ha_settings):
@@ -51,16 +50,8 @@ def pipeline(ing_factory, ha, influx, name: str, **ha_settings):
 def start_collector(ing, catch_ups: int):
     """Start ``collect ha`` and wait for its ``catch_ups``-th catch-up (counted over the log)."""
     proc = ing.start("collect", "ha", log="ha")
-    wait_for_log(ing, CAUGHT_UP, catch_ups, timeout=GAP_S + 180)
+    ing.wait_caught_up(catch_ups, timeout=GAP_S + 180)
     return proc
-
-
-def wait_for_log(ing, text: str, count: int, timeout: float) -> None:
-    try:
-        wait_until(lambda: ing.log_path("ha").read_text().count(text) >= count, timeout,
-                   f"{count} x {text!r} in the collector's log", interval=0.5)
-    except TimeoutError as exc:
-        pytest.fail(f"{exc}\n{tail(ing.log_path('ha'), 30)}")
 
 
 def points(influx, since_ns: int) -> set[tuple[str, int]]:
@@ -163,7 +154,7 @@ def test_queue_full_during_catch_up_drops_only_while_full_and_restores_them(
     full = scrape(port)
     assert metric(full, "ha_ingestor_queue_full", source="ha") == 1
     influxdb.start()              # the writer drains, the queue has room again
-    wait_for_log(ing, CAUGHT_UP, 2, timeout=240)
+    ing.wait_caught_up(2, timeout=240)
     time.sleep(10)
 
     fired = load.stop()

@@ -95,29 +95,46 @@ class InfluxServer:
         self.binary = procs.require_binary("influxd", "influxdb")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = procs.free_port()
-        self.rpc_port = procs.free_port()
         self.auth = auth
         self.admin = admin
         self.ca_file = cert = key = None
         if tls:
             self.ca_file, cert, key = make_tls_files(root / "tls")
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.config_path = root / "influxdb.conf"
-        self.config_path.write_text(INFLUXD_CONFIG.format(
-            root=root, http_port=self.port, rpc_port=self.rpc_port,
-            auth="true" if auth else "false", max_body_size=max_body_size,
-            https="true" if tls else "false", cert=cert or "", key=key or ""))
         self.log_path = root / "influxd.log"
         self.proc: subprocess.Popen | None = None
+        self._settings = dict(root=root, auth="true" if auth else "false",
+                              max_body_size=max_body_size, https="true" if tls else "false",
+                              cert=cert or "", key=key or "")
+        self._choose_ports()
+        self._started = False
+
+    def _choose_ports(self) -> None:
+        self.port, self.rpc_port = procs.free_port(), procs.free_port()
+        self.url = f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
+        self.config_path.write_text(INFLUXD_CONFIG.format(
+            http_port=self.port, rpc_port=self.rpc_port, **self._settings))
 
     def start(self) -> "InfluxServer":
-        self.proc = procs.start_process([self.binary, "-config", str(self.config_path)],
-                                        self.log_path)
-        try:
-            procs.wait_until(self.ping, 30, f"influxd on port {self.port}", interval=0.1)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{procs.tail(self.log_path)}") from None
+        """Start influxd. At the first start a port taken between choosing it and influxd
+        binding it (another process's) is chosen again; a restart keeps its ports."""
+        for _attempt in range(3):
+            self.proc = procs.start_process([self.binary, "-config", str(self.config_path)],
+                                            self.log_path)
+            try:
+                procs.wait_until(lambda: self.proc.poll() is not None or self.ping(), 30,
+                                 f"influxd on port {self.port}", interval=0.1)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\n{procs.tail(self.log_path)}") from None
+            if self.proc.poll() is None:
+                break
+            if self._started or "address already in use" not in self.log_path.read_text():
+                raise RuntimeError(f"influxd exited with {self.proc.returncode}:\n"
+                                   f"{procs.tail(self.log_path)}")
+            self._choose_ports()
+        else:
+            raise RuntimeError(f"influxd found no free port:\n{procs.tail(self.log_path)}")
+        self._started = True
         if self.auth and not getattr(self, "_admin_created", False):
             self._raw_query(f"CREATE USER \"{self.admin[0]}\" WITH PASSWORD "
                             f"'{self.admin[1]}' WITH ALL PRIVILEGES", auth=False)

@@ -81,6 +81,20 @@ class IngestorHarness:
     def log_path(self, name: str) -> Path:
         return self.workdir / f"{name}.log"
 
+    def wait_for_log(self, name: str, text: str, count: int = 1, timeout: float = 60) -> None:
+        """Wait until ``text`` is in the ``name`` log ``count`` times (fails with its tail)."""
+        path = self.log_path(name)
+        try:
+            wait_until(lambda: path.exists() and path.read_text().count(text) >= count, timeout,
+                       f"{count} x {text!r} in {path.name}", interval=0.2)
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}\n{tail(path, 30)}")
+
+    def wait_caught_up(self, count: int = 1, timeout: float = 60) -> None:
+        """Wait for the HA collector's ``count``-th catch-up (its ``get_states`` resync is
+        stored): a state set before it comes twice, live and in the resync."""
+        self.wait_for_log("ha", "caught up:", count, timeout)
+
     def consumer(self, source: str) -> queue.Consumer:
         return queue.Consumer(self.queue_dir, source)
 
