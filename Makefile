@@ -85,6 +85,7 @@ bench: system-deps venv
 	$(PY) bench/ha_bench.py
 	$(PY) bench/ha_catchup_bench.py
 	$(PY) bench/writer_bench.py
+	$(PY) bench/convert_profile.py
 	$(PY) bench/import_bench.py
 	$(PY) bench/e2e_bench.py
 	$(PY) bench/fleet_bench.py
